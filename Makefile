@@ -1,0 +1,35 @@
+# Two commands do everything: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo   - sweep the bundled demo population and print the summary"
+	@echo "make test   - run the whole test suite (unit, golden, integration)"
+	@echo "make lint   - ruff and mypy --strict"
+
+# The venv is rebuilt when pyproject.toml changes (a stale venv is as bad as none).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/trial-adapter sweep --trial hcc-ablation-lenvatinib-pd1 --source fixtures/demo \
+		--as-of 2026-06-15 --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check adapter tests
+	$(BIN)/ruff format --check adapter tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The pure criteria engine: typed facts in, three-valued verdicts with evidence out."""

@@ -1,0 +1,1 @@
+"""FHIR JSON -> plain typed facts (patients, lab values with units, conditions, procedures)."""

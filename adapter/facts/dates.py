@@ -1,0 +1,80 @@
+"""FHIR date, dateTime and instant values, partial ones included, as spans of calendar days."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class FhirDate:
+    """A point in time as FHIR recorded it, with the calendar days it may stand for.
+
+    `first_day`..`last_day` is the span of a partial date (`2026-06` spans June); a full date or
+    timestamp has first_day == last_day, the calendar date in the timestamp's own offset (the spec's
+    window rule). `instant` orders timestamps of the same day; it is None for dates without a time,
+    and for times without an offset (FHIR requires one; we keep the day and do not guess the zone).
+    """
+
+    text: str
+    first_day: date
+    last_day: date
+    instant: datetime | None = None
+
+    @property
+    def is_exact_day(self) -> bool:
+        return self.first_day == self.last_day
+
+    def sort_key(self) -> tuple[date, datetime]:
+        """Key for 'latest': the last day it may be, then its instant within that day."""
+        moment = self.instant or datetime.combine(self.last_day, datetime.min.time(), timezone.utc)
+        return (self.last_day, moment.astimezone(timezone.utc))
+
+
+def parse_fhir_date(text: object) -> FhirDate | None:
+    """Parse a FHIR date/dateTime/instant string; None when it is absent or malformed."""
+    if not isinstance(text, str):
+        return None
+    m = _DATE_RE.match(text.strip())
+    if m is None:
+        return None
+    try:
+        year = int(m["y"])
+        if m["m"] is None:
+            return FhirDate(text, date(year, 1, 1), date(year, 12, 31))
+        month = int(m["m"])
+        if m["d"] is None:
+            last = calendar.monthrange(year, month)[1]
+            return FhirDate(text, date(year, month, 1), date(year, month, last))
+        day = date(year, month, int(m["d"]))
+        instant: datetime | None = None
+        if m["H"] is not None and m["tz"] is not None:
+            tz = timezone.utc if m["tz"] == "Z" else _offset(m["tz"])
+            frac = (m["f"] or "0")[:6].ljust(6, "0")
+            instant = datetime(
+                year,
+                month,
+                day.day,
+                int(m["H"]),
+                int(m["M"]),
+                int(m["S"] or 0),
+                int(frac),
+                tzinfo=tz,
+            )
+        return FhirDate(text, day, day, instant)
+    except ValueError:
+        return None
+
+
+def _offset(text: str) -> timezone:
+    sign = 1 if text[0] == "+" else -1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))

@@ -1,0 +1,127 @@
+"""The typed facts the criteria engine reads: small frozen records, nothing FHIR-shaped beyond them.
+
+Facts are built from FHIR JSON at the edge (`adapter.facts.extract`); the engine never sees a dict.
+Lab values arrive already normalised to their analyte's canonical unit, or with the reason they
+could not be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adapter.facts.dates import FhirDate
+
+
+@dataclass(frozen=True, slots=True)
+class Coding:
+    """A (system, code) pair; codes match on both."""
+
+    system: str
+    code: str
+
+    def token(self) -> str:
+        return f"{self.system}|{self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """A value in its analyte's canonical unit.
+
+    `comparator` is the recorded one (`<`, `<=`, `>`, `>=`) or None; conversions are positive
+    factors, so it keeps its direction. `via` says how the unit was read: the UCUM code, or the
+    unit text through the synonym table.
+    """
+
+    value: float
+    unit: str
+    comparator: str | None = None
+    via: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A value as the source wrote it."""
+
+    value: float | None
+    unit: str | None
+    code: str | None
+    comparator: str | None = None
+    system: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRange:
+    """One Observation.referenceRange entry, its bounds normalised where they could be."""
+
+    low: Normalised | None = None
+    high: Normalised | None = None
+    #: why `high` was recorded but could not be normalised (an unconvertible ULN gives unknown)
+    high_problem: str | None = None
+    applies_to: tuple[Coding, ...] = ()
+    age_low_years: float | None = None
+    age_high_years: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabValue:
+    """One usable-or-not measurement of one analyte (an Observation, or one of its components)."""
+
+    analyte: str
+    reference: str
+    code: Coding
+    status: str
+    date: FhirDate | None
+    recorded: Recorded | None
+    normalised: Normalised | None
+    #: why `normalised` is None (no value, unknown unit, ...); None when normalised
+    problem: str | None = None
+    version: str | None = None
+    reference_ranges: tuple[ReferenceRange, ...] = ()
+    #: coded answers (valueCodeableConcept), for scores and presence tests
+    value_codes: tuple[Coding, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFact:
+    reference: str
+    codes: tuple[Coding, ...]
+    clinical_status: str | None
+    verification_status: str | None
+    onset: FhirDate | None = None
+    recorded_date: FhirDate | None = None
+    stage_codes: tuple[Coding, ...] = ()
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureFact:
+    reference: str
+    codes: tuple[Coding, ...]
+    status: str | None
+    performed: FhirDate | None
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatientInfo:
+    reference: str
+    birth_date: FhirDate | None
+    gender: str | None
+    deceased_boolean: bool | None = None
+    deceased_date: FhirDate | None = None
+    #: deceasedDateTime was present but unparseable
+    deceased_unreadable: bool = False
+    version: str | None = None
+    identifiers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PatientFacts:
+    """Everything the engine knows about one patient."""
+
+    patient: PatientInfo
+    labs: tuple[LabValue, ...] = ()
+    conditions: tuple[ConditionFact, ...] = ()
+    procedures: tuple[ProcedureFact, ...] = ()
+    #: Observations of this patient that were needed but unusable, with reasons (for the report)
+    notes: tuple[str, ...] = field(default=())

@@ -1,0 +1,1 @@
+"""Talking to FHIR servers: the HTTP client seam, error classification, paging."""

@@ -1,0 +1,1 @@
+"""Where results go: a folder of NDJSON, or a FHIR server."""

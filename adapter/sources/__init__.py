@@ -1,0 +1,1 @@
+"""Where resources come from: a folder of files, or a FHIR server's search API."""
