@@ -1,0 +1,209 @@
+"""`trial-adapter`: the command line, and the one place that turns errors into exit codes.
+
+Data and reports go to files (and the summary to stdout); logs and progress go to stderr and never
+name a patient. Exit codes are `adapter.errors.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adapter import __version__
+from adapter.criteria.results import Status
+from adapter.errors import AdapterError, ExitCode, FhirError, TransportError, UsageError
+from adapter.fhir.client import FhirClient
+from adapter.report.results import results_json, unknown_summary, write_reports
+from adapter.sinks.folder import FolderSink
+from adapter.sinks.resources import StudyInfo, research_study, research_subject
+from adapter.sinks.server import ServerSink, WriteOutcome
+from adapter.sources.base import Source
+from adapter.sources.files import FolderSource
+from adapter.sources.rest import RestSource
+from adapter.sweep import PatientFailure, SweepResult, run_sweep
+from adapter.trials import Trial, load_trial
+
+log = logging.getLogger("adapter")
+
+
+def _as_of(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so one handler owns exit codes."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trial-adapter", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"trial-adapter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
+    sweep.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
+    sweep.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    sweep.add_argument("--sink", help="folder for NDJSON, or FHIR base URL (default: none)")
+    sweep.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
+    sweep.add_argument("--out", type=Path, help="report folder (default out/<trial>/<as-of>/)")
+    sweep.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
+    sweep.add_argument("--batch-size", type=_positive, default=100,
+                       help="patients per server query (default 100)")
+    sweep.add_argument("--page-size", type=_positive, default=200,
+                       help="_count for server searches (default 200)")
+    sweep.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for a server answer (default 60)")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
+    return parser
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _http(timeout: float) -> httpx.AsyncClient:
+    # TLS verification stays on (httpx's default); redirects are checked by FhirClient itself.
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+
+async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
+    say = (lambda _m: None) if args.quiet else (lambda m: log.info("%s", m))
+    out_dir: Path = args.out or Path("out") / trial.id / as_of.isoformat()
+    async with _http(args.timeout) as http:
+        source: Source
+        if _is_url(args.source):
+            source = RestSource(
+                FhirClient(http, args.source), batch_size=args.batch_size, page_size=args.page_size
+            )
+        else:
+            source = FolderSource(Path(args.source))
+        try:
+            result = await run_sweep(trial, source, as_of, progress=say)
+        finally:
+            await source.aclose()
+        writes = await _write(args.sink, trial, result, as_of, http, say)
+    doc = results_json(result, extra={"sink": args.sink and _sink_label(args.sink)})
+    for entry in doc["patients"]:
+        outcome = writes.get(entry["patient"])
+        if outcome is not None:
+            entry["research_subject"] = outcome
+    doc["errors"] = [{"patient": e.patient, "reason": e.reason} for e in result.errors]
+    write_reports(out_dir, doc, result.verdicts)
+    _print_summary(result, doc, out_dir, writes)
+    return ExitCode.PARTIAL if result.errors else ExitCode.OK
+
+
+def _sink_label(sink: str) -> str:
+    return sink if not _is_url(sink) else sink.split("?", 1)[0]
+
+
+async def _write(
+    sink: str | None,
+    trial: Trial,
+    result: SweepResult,
+    as_of: date,
+    http: httpx.AsyncClient,
+    say: Any,
+) -> dict[str, str]:
+    """Write to the sink; patient -> what was done. Per-patient failures go to result.errors."""
+    if not sink:
+        return {}
+    study = StudyInfo(trial.id, trial.study_system, trial.study_value, trial.title)
+    flagged = [
+        v for v in result.verdicts if v.status in (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
+    ]
+    if not _is_url(sink):
+        subjects = [
+            research_subject(study, v.patient.split("/", 1)[1], v.status, as_of) for v in flagged
+        ]
+        FolderSink(Path(sink)).write(research_study(study), subjects)
+        say(f"wrote {len(subjects)} ResearchSubjects to the sink folder")
+        return {v.patient: "written" for v in flagged}
+    server = ServerSink(FhirClient(http, sink), study)
+    await server.ensure_study()
+    writes: dict[str, str] = {}
+    for v in result.verdicts:
+        pid = v.patient.split("/", 1)[1]
+        try:
+            if v.status is Status.INELIGIBLE:
+                existing = await server.existing_status(pid)
+                if existing in ("candidate", "potential-candidate"):
+                    writes[v.patient] = WriteOutcome.NO_LONGER_QUALIFIES.value
+                continue
+            writes[v.patient] = (await server.write_subject(pid, v.status, as_of)).value
+        except TransportError:
+            raise  # the server is gone: fatal, not one patient's problem
+        except FhirError as exc:
+            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
+    counts: dict[str, int] = {}
+    for outcome in writes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    say("sink: " + (", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "nothing to do"))
+    return writes
+
+
+def _print_summary(
+    result: SweepResult, doc: dict[str, Any], out_dir: Path, writes: dict[str, str]
+) -> None:
+    counts = doc["counts"]
+    lines = [
+        f"trial {result.trial.id}, as of {result.as_of.isoformat()}: "
+        f"{len(result.verdicts)} patients in the cohort",
+        f"  candidate            {counts['candidate']}",
+        f"  potential-candidate  {counts['potential-candidate']}",
+        f"  ineligible           {counts['ineligible']}",
+    ]
+    unknown = unknown_summary(result.verdicts)
+    if unknown:
+        top = ", ".join(f"{cid} ({n})" for cid, n in list(unknown.items())[:5])
+        lines.append(f"  most often unknown: {top}")
+    if result.errors:
+        lines.append(f"  could not be evaluated or written: {len(result.errors)} (see errors)")
+    lines.append(f"report: {out_dir / 'results.json'} and {out_dir / 'candidates.csv'}")
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and turn every error into a one-line message and an exit code."""
+    logging.basicConfig(level=logging.INFO, format="trial-adapter: %(message)s", stream=sys.stderr)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.quiet:
+            logging.getLogger().setLevel(logging.WARNING)
+        as_of = args.as_of or date.today()
+        trial = load_trial(args.trial, args.mappings)
+        code = asyncio.run(_sweep(args, trial, as_of))
+    except AdapterError as exc:
+        print(f"trial-adapter: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("trial-adapter: interrupted", file=sys.stderr)
+        return int(ExitCode.FATAL)
+    return int(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""FHIR R4 JSON (plain dicts from orjson) -> typed facts, reading only the fields criteria need.
+
+Building fhir.resources models costs ~100 us a resource (PERFORMANCE.md); reading a few keys from
+the dict costs ~2 us, so facts are read straight from the JSON, defensively: a field of the wrong
+shape is treated as absent, never as a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from adapter.analytes import Analyte
+from adapter.facts.dates import FhirDate, parse_fhir_date
+from adapter.facts.model import (
+    Coding,
+    ConditionFact,
+    LabValue,
+    Normalised,
+    PatientInfo,
+    ProcedureFact,
+    Recorded,
+    ReferenceRange,
+)
+from adapter.facts.units import Unconvertible, Units
+
+Json = Mapping[str, Any]
+UCUM = "http://unitsofmeasure.org"
+COMPARATORS = frozenset({"<", "<=", ">", ">="})
+
+
+def codings(concept: object) -> tuple[Coding, ...]:
+    """The (system, code) pairs of a CodeableConcept; codings missing either are skipped."""
+    if not isinstance(concept, Mapping):
+        return ()
+    out = []
+    for c in concept.get("coding") or ():
+        if isinstance(c, Mapping):
+            system, code = c.get("system"), c.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                out.append(Coding(system, code))
+    return tuple(out)
+
+
+def first_code(concept: object) -> str | None:
+    """The first code of a CodeableConcept, whatever its system (status-like fields)."""
+    if not isinstance(concept, Mapping):
+        return None
+    for c in concept.get("coding") or ():
+        if isinstance(c, Mapping) and isinstance(c.get("code"), str):
+            return str(c["code"])
+    return None
+
+
+def reference_of(res: Json) -> str:
+    return f"{res.get('resourceType')}/{res.get('id')}"
+
+
+def version_of(res: Json) -> str | None:
+    meta = res.get("meta")
+    if isinstance(meta, Mapping) and isinstance(meta.get("versionId"), str):
+        return str(meta["versionId"])
+    return None
+
+
+def observation_date(res: Json) -> FhirDate | None:
+    """effectiveDateTime, else effectivePeriod.start, else effectiveInstant, else issued."""
+    period = res.get("effectivePeriod")
+    for text in (
+        res.get("effectiveDateTime"),
+        period.get("start") if isinstance(period, Mapping) else None,
+        res.get("effectiveInstant"),
+        res.get("issued"),
+    ):
+        if text is not None:
+            return parse_fhir_date(text)
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def patient_info(res: Json) -> PatientInfo:
+    deceased_text = res.get("deceasedDateTime")
+    deceased_date = parse_fhir_date(deceased_text) if deceased_text is not None else None
+    deceased_bool = res.get("deceasedBoolean")
+    identifiers = []
+    for ident in res.get("identifier") or ():
+        if isinstance(ident, Mapping):
+            system, value = ident.get("system"), ident.get("value")
+            if isinstance(system, str) and isinstance(value, str):
+                identifiers.append((system, value))
+    gender = res.get("gender")
+    return PatientInfo(
+        reference=reference_of(res),
+        birth_date=parse_fhir_date(res.get("birthDate")),
+        gender=gender if isinstance(gender, str) else None,
+        deceased_boolean=deceased_bool if isinstance(deceased_bool, bool) else None,
+        deceased_date=deceased_date,
+        deceased_unreadable=deceased_text is not None and deceased_date is None,
+        version=version_of(res),
+        identifiers=tuple(identifiers),
+    )
+
+
+def condition_fact(res: Json) -> ConditionFact:
+    onset_period = res.get("onsetPeriod")
+    onset = parse_fhir_date(res.get("onsetDateTime"))
+    if onset is None and isinstance(onset_period, Mapping):
+        onset = parse_fhir_date(onset_period.get("start"))
+    stages: list[Coding] = []
+    for stage in res.get("stage") or ():
+        if isinstance(stage, Mapping):
+            stages.extend(codings(stage.get("summary")))
+    return ConditionFact(
+        reference=reference_of(res),
+        codes=codings(res.get("code")),
+        clinical_status=first_code(res.get("clinicalStatus")),
+        verification_status=first_code(res.get("verificationStatus")),
+        onset=onset,
+        recorded_date=parse_fhir_date(res.get("recordedDate")),
+        stage_codes=tuple(stages),
+        version=version_of(res),
+    )
+
+
+def procedure_fact(res: Json) -> ProcedureFact:
+    performed = parse_fhir_date(res.get("performedDateTime"))
+    period = res.get("performedPeriod")
+    if performed is None and isinstance(period, Mapping):
+        performed = parse_fhir_date(period.get("start"))
+    status = res.get("status")
+    return ProcedureFact(
+        reference=reference_of(res),
+        codes=codings(res.get("code")),
+        status=status if isinstance(status, str) else None,
+        performed=performed,
+        version=version_of(res),
+    )
+
+
+class FactBuilder:
+    """Turns Observations into LabValues for the analytes a trial needs, units normalised."""
+
+    def __init__(self, analytes: Mapping[str, Analyte], units: Units, needed: frozenset[str]):
+        self._analytes = analytes
+        self._units = units
+        self._index: dict[Coding, list[tuple[Analyte, float | None]]] = {}
+        for name in sorted(needed):
+            analyte = analytes[name]
+            for coding, molar_mass in analyte.codes.items():
+                self._index.setdefault(coding, []).append((analyte, molar_mass))
+
+    def wants(self, codes: tuple[Coding, ...]) -> bool:
+        return any(c in self._index for c in codes)
+
+    def observation(self, res: Json) -> list[LabValue]:
+        """One LabValue per needed analyte the Observation (or a component) measures."""
+        status = res.get("status")
+        status = status if isinstance(status, str) else "unknown"
+        when = observation_date(res)
+        ref = reference_of(res)
+        version = version_of(res)
+        out: list[LabValue] = []
+        parts: list[Json] = [res]
+        parts.extend(c for c in res.get("component") or () if isinstance(c, Mapping))
+        ranges_src = res.get("referenceRange")
+        for part in parts:
+            for coding in codings(part.get("code")):
+                for analyte, code_mass in self._index.get(coding, ()):
+                    recorded, normalised, problem = self._value(part, analyte, code_mass)
+                    ranges = (
+                        self._ranges(ranges_src, recorded, analyte, code_mass)
+                        if part is res
+                        else self._ranges(part.get("referenceRange"), recorded, analyte, code_mass)
+                    )
+                    out.append(
+                        LabValue(
+                            analyte=analyte.id,
+                            reference=ref,
+                            code=coding,
+                            status=status,
+                            date=when,
+                            recorded=recorded,
+                            normalised=normalised,
+                            problem=problem,
+                            version=version,
+                            reference_ranges=ranges,
+                            value_codes=codings(part.get("valueCodeableConcept")),
+                        )
+                    )
+                if self._index.get(coding):
+                    break  # one coding of a part is enough; others are translations
+        return out
+
+    def _value(
+        self, part: Json, analyte: Analyte, code_mass: float | None
+    ) -> tuple[Recorded | None, Normalised | None, str | None]:
+        q = part.get("valueQuantity")
+        if not isinstance(q, Mapping):
+            if isinstance(part.get("valueInteger"), int):
+                q = {"value": part["valueInteger"]}
+            else:
+                absent = first_code(part.get("dataAbsentReason"))
+                if absent:
+                    return None, None, f"no value (dataAbsentReason {absent})"
+                return None, None, "no valueQuantity"
+        value = _number(q.get("value"))
+        comparator = q.get("comparator")
+        comparator = comparator if comparator in COMPARATORS else None
+        recorded = Recorded(
+            value=value,
+            unit=q.get("unit") if isinstance(q.get("unit"), str) else None,
+            code=q.get("code") if isinstance(q.get("code"), str) else None,
+            comparator=comparator,
+            system=q.get("system") if isinstance(q.get("system"), str) else None,
+        )
+        if value is None:
+            return recorded, None, "valueQuantity has no number"
+        result = self._normalise(value, recorded, analyte, code_mass)
+        if isinstance(result, Unconvertible):
+            return recorded, None, result.reason
+        return recorded, result, None
+
+    def _normalise(
+        self, value: float, rec: Recorded, analyte: Analyte, code_mass: float | None
+    ) -> Normalised | Unconvertible:
+        if code_mass is None:
+            return self._units.normalise(
+                value, to=analyte.unit, code=rec.code, system=rec.system, unit=rec.unit,
+                comparator=rec.comparator, molar_mass=analyte.molar_mass, iu_as_u=analyte.iu_as_u,
+            )
+        # The code measures a related substance (urea for BUN): to amount of substance with its
+        # own molar mass, then to the analyte with the analyte's.
+        step = self._units.normalise(
+            value, to="mmol/L", code=rec.code, system=rec.system, unit=rec.unit,
+            comparator=rec.comparator, molar_mass=code_mass,
+        )
+        if isinstance(step, Unconvertible):
+            return step
+        final = self._units.convert(
+            step.value, "mmol/L", analyte.unit, molar_mass=analyte.molar_mass
+        )
+        if isinstance(final, Unconvertible):
+            return final
+        return Normalised(final, analyte.unit, rec.comparator, f"{step.via}, as {analyte.name}")
+
+    def _ranges(
+        self, src: object, recorded: Recorded | None, analyte: Analyte, code_mass: float | None
+    ) -> tuple[ReferenceRange, ...]:
+        if not isinstance(src, list):
+            return ()
+        out = []
+        for rr in src:
+            if not isinstance(rr, Mapping):
+                continue
+            bounds: dict[str, Normalised | None] = {"low": None, "high": None}
+            high_problem = None
+            for key in ("low", "high"):
+                q = rr.get(key)
+                if not isinstance(q, Mapping) or _number(q.get("value")) is None:
+                    continue
+                value = _number(q.get("value"))
+                assert value is not None
+                has_unit = isinstance(q.get("unit"), str) or isinstance(q.get("code"), str)
+                # A bound with no unit takes the value's unit (trial-spec, fine print).
+                unit_src = q if has_unit or recorded is None else {
+                    "unit": recorded.unit, "code": recorded.code, "system": recorded.system
+                }
+                rec = Recorded(
+                    value,
+                    unit_src.get("unit") if isinstance(unit_src.get("unit"), str) else None,
+                    unit_src.get("code") if isinstance(unit_src.get("code"), str) else None,
+                    None,
+                    unit_src.get("system") if isinstance(unit_src.get("system"), str) else None,
+                )
+                result = self._normalise(value, rec, analyte, code_mass)
+                if isinstance(result, Unconvertible):
+                    if key == "high":
+                        high_problem = f"reference range high: {result.reason}"
+                else:
+                    bounds[key] = result
+            age = rr.get("age")
+            age_low = age_high = None
+            if isinstance(age, Mapping):
+                age_low = _years(age.get("low"))
+                age_high = _years(age.get("high"))
+            applies: list[Coding] = []
+            for concept in rr.get("appliesTo") or ():
+                applies.extend(codings(concept))
+            out.append(
+                ReferenceRange(
+                    low=bounds["low"],
+                    high=bounds["high"],
+                    high_problem=high_problem,
+                    applies_to=tuple(applies),
+                    age_low_years=age_low,
+                    age_high_years=age_high,
+                )
+            )
+        return tuple(out)
+
+
+def _years(q: object) -> float | None:
+    if not isinstance(q, Mapping):
+        return None
+    value = _number(q.get("value"))
+    if value is None:
+        return None
+    unit = q.get("code") or q.get("unit")
+    if unit in ("mo", "month", "months"):
+        return value / 12
+    if unit in ("wk", "week", "weeks"):
+        return value / 52.1775
+    if unit in ("d", "day", "days"):
+        return value / 365.25
+    return value

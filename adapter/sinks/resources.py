@@ -1,0 +1,231 @@
+"""Builders for the resources the adapter writes (trial-spec, 'What gets written').
+
+Each builder returns a plain JSON dict, validated once through its fhir.resources R4B model so an
+invalid resource is never written; the dict, not the model, is what goes out (models cost ~100 us,
+so only what is written is ever modelled). Every resource carries `TAG` in meta.tag and a
+deterministic id: `ta-` + the first 40 hex digits of sha256(`system|value`) of its identifier.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.researchstudy import ResearchStudy
+from fhir.resources.R4B.researchsubject import ResearchSubject
+from pydantic import ValidationError
+
+import adapter
+from adapter.criteria.results import Status
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import date, datetime
+
+    from pydantic import BaseModel
+
+JsonDict = dict[str, Any]
+
+TAG: Final = {"system": "urn:trial-adapter", "code": "pre-screen"}
+
+DEVICE_SYSTEM: Final = "urn:trial-adapter:device"
+DEVICE_VALUE: Final = "trial-adapter"
+SUBJECT_SYSTEM: Final = "urn:trial-adapter:research-subject"
+
+#: The adapter's own ResearchSubject.status codes (R4 research-subject-status). Any other code on
+#: an existing subject was set by people and is never overwritten.
+SUBJECT_STATUS: Final = {
+    Status.CANDIDATE: "candidate",
+    Status.POTENTIAL_CANDIDATE: "potential-candidate",
+}
+ADAPTER_STATUSES: Final = frozenset(SUBJECT_STATUS.values())
+
+_PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def deterministic_id(system: str, value: str) -> str:
+    """`ta-` + the first 40 hex digits of sha256(`system|value`): a valid FHIR id (43 chars)."""
+    return "ta-" + hashlib.sha256(f"{system}|{value}".encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyInfo:
+    """The trial as the written resources name it."""
+
+    trial_id: str
+    identifier_system: str
+    identifier_value: str
+    title: str
+
+    @property
+    def resource_id(self) -> str:
+        """The ResearchStudy's deterministic id."""
+        return deterministic_id(self.identifier_system, self.identifier_value)
+
+
+def subject_identifier(trial_id: str, patient_id: str) -> tuple[str, str]:
+    """The ResearchSubject identifier (system, value) of one patient in one trial."""
+    return SUBJECT_SYSTEM, f"{trial_id}/{patient_id}"
+
+
+def subject_id(trial_id: str, patient_id: str) -> str:
+    """The ResearchSubject's deterministic id."""
+    return deterministic_id(*subject_identifier(trial_id, patient_id))
+
+
+def device_id() -> str:
+    """The adapter Device's deterministic id."""
+    return deterministic_id(DEVICE_SYSTEM, DEVICE_VALUE)
+
+
+def _meta() -> JsonDict:
+    return {"tag": [dict(TAG)]}
+
+
+def _validated(model: type[BaseModel], resource: JsonDict) -> JsonDict:
+    """`resource` itself, once its R4B model accepts it; ValueError naming the failing fields."""
+    try:
+        model.model_validate(resource)
+    except ValidationError as exc:
+        # Only locations and messages: inputs can hold patient identifiers (adapter/errors.py).
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        kind = resource.get("resourceType")
+        raise ValueError(f"built {kind} is not valid R4: {problems}") from None
+    return resource
+
+
+def research_study(study: StudyInfo) -> JsonDict:
+    """The trial's one ResearchStudy, status `active`."""
+    return _validated(
+        ResearchStudy,
+        {
+            "resourceType": "ResearchStudy",
+            "id": study.resource_id,
+            "meta": _meta(),
+            "identifier": [{"system": study.identifier_system, "value": study.identifier_value}],
+            "title": study.title,
+            "status": "active",
+        },
+    )
+
+
+def device() -> JsonDict:
+    """The adapter's Device, the agent of every Provenance."""
+    return _validated(
+        Device,
+        {
+            "resourceType": "Device",
+            "id": device_id(),
+            "meta": _meta(),
+            "identifier": [{"system": DEVICE_SYSTEM, "value": DEVICE_VALUE}],
+            "status": "active",
+            "deviceName": [{"name": "trial-adapter", "type": "user-friendly-name"}],
+            "version": [{"value": adapter.__version__}],
+        },
+    )
+
+
+def research_subject(
+    study: StudyInfo,
+    patient_id: str,
+    status: Status,
+    period_start: date,
+    individual: JsonDict | None = None,
+) -> JsonDict:
+    """A patient's ResearchSubject; `individual` defaults to a literal `Patient/<id>` reference."""
+    code = SUBJECT_STATUS.get(status)
+    if code is None:
+        # trial-spec: an ineligible patient gets no ResearchSubject.
+        raise ValueError(f"no ResearchSubject is written for status {status}")
+    system, value = subject_identifier(study.trial_id, patient_id)
+    return _validated(
+        ResearchSubject,
+        {
+            "resourceType": "ResearchSubject",
+            "id": deterministic_id(system, value),
+            "meta": _meta(),
+            "identifier": [{"system": system, "value": value}],
+            "status": code,
+            "period": {"start": period_start.isoformat()},
+            "study": {"reference": f"ResearchStudy/{study.resource_id}"},
+            "individual": (
+                copy.deepcopy(individual)
+                if individual is not None
+                else {"reference": f"Patient/{patient_id}"}
+            ),
+        },
+    )
+
+
+def with_status(subject: JsonDict, status: Status) -> JsonDict:
+    """A copy of an existing ResearchSubject with a new status, ready for a versioned PUT.
+
+    Everything else is kept as the server has it (period.start is never rewritten); meta.versionId
+    and lastUpdated go (the server assigns them) and the tag is added if missing.
+    """
+    code = SUBJECT_STATUS.get(status)
+    if code is None:
+        raise ValueError(f"no ResearchSubject is written for status {status}")
+    updated = copy.deepcopy(subject)
+    updated["status"] = code
+    meta = updated.setdefault("meta", {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    tags = meta.setdefault("tag", [])
+    if not any(t.get("system") == TAG["system"] and t.get("code") == TAG["code"] for t in tags):
+        tags.append(dict(TAG))
+    text = updated.get("text")
+    if isinstance(text, dict) and text.get("status") == "generated":
+        # A generated narrative would show the old status; the server regenerates it if it wants.
+        del updated["text"]
+    return _validated(ResearchSubject, updated)
+
+
+def provenance(
+    subject_id: str,
+    subject_version: str | None,
+    subject_identifier_value: str,
+    recorded: datetime,
+    entities: Iterable[str],
+    policy: Iterable[str],
+) -> JsonDict:
+    """The Provenance of one ResearchSubject creation or change.
+
+    Its id hashes the subject's identifier `system|value` and the version it records, so a rerun
+    that changes nothing names the same Provenance. `entities` are references (versioned where the
+    source has versions); `policy` the trial definition and its content hash, as URIs.
+    """
+    if recorded.tzinfo is None or recorded.utcoffset() is None:
+        raise ValueError("Provenance.recorded needs a time zone (FHIR instant)")
+    target = f"ResearchSubject/{subject_id}"
+    if subject_version is not None:
+        target += f"/_history/{subject_version}"
+    sources = list(dict.fromkeys(entities))  # unique, first-seen order: reruns write equal JSON
+    # Without a version (a server that keeps none) the id hashes `system|value|`.
+    recorded_version = subject_version or ""
+    resource: JsonDict = {
+        "resourceType": "Provenance",
+        "id": deterministic_id(SUBJECT_SYSTEM, f"{subject_identifier_value}|{recorded_version}"),
+        "meta": _meta(),
+        "target": [{"reference": target}],
+        "recorded": recorded.isoformat(),
+        "policy": list(dict.fromkeys(policy)),
+        "agent": [
+            {
+                "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
+                "who": {"reference": f"Device/{device_id()}"},
+            }
+        ],
+    }
+    if not resource["policy"]:
+        del resource["policy"]  # FHIR forbids empty arrays
+    if sources:
+        resource["entity"] = [{"role": "source", "what": {"reference": ref}} for ref in sources]
+    return _validated(Provenance, resource)

@@ -1,0 +1,155 @@
+"""The sweep: cohort first, then only what the criteria need, then verdicts.
+
+source -> cohort (Conditions with the trial's diagnosis codes) -> Patient, Condition, Procedure and
+the needed Observations for those patients only -> facts -> engine -> verdicts. Sinks and reports
+are the caller's (cli.py), so a sweep can be run and inspected without writing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from adapter.criteria.evaluate import evaluate_patient, in_cohort
+from adapter.criteria.results import PatientVerdict
+from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
+from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
+from adapter.sources.base import Query, Source, patient_id_of
+from adapter.trials import Trial
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PatientFailure:
+    patient: str
+    reason: str
+
+
+@dataclass
+class SweepResult:
+    trial: Trial
+    as_of: date
+    verdicts: list[PatientVerdict] = field(default_factory=list)
+    errors: list[PatientFailure] = field(default_factory=list)
+    #: resources read per type, and Observations used / skipped / unusable (with reasons)
+    stats: Counter[str] = field(default_factory=Counter)
+    unusable: Counter[str] = field(default_factory=Counter)
+
+
+async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[str]) -> set[str]:
+    """Patients with an active, counting Condition in a cohort code set.
+
+    The server matches exact codes only; the prefix rules are applied here on every Condition.
+    """
+    by_patient: dict[str, list[ConditionFact]] = defaultdict(list)
+    async for res in source.fetch(Query("Condition", codes=trial.cohort_tokens())):
+        stats["cohort_conditions_read"] += 1
+        pid = patient_id_of(res)
+        if pid is None:
+            continue
+        fact = condition_fact(res)
+        if any(cs.matches_any(fact.codes) for cs in trial.cohort):
+            by_patient[pid].append(fact)
+    ids = set()
+    for pid, conditions in by_patient.items():
+        probe = PatientFacts(PatientInfo(f"Patient/{pid}", None, None), conditions=tuple(conditions))
+        if in_cohort(probe, trial.cohort, as_of):
+            ids.add(pid)
+    return ids
+
+
+async def run_sweep(
+    trial: Trial, source: Source, as_of: date, *, progress: Progress | None = None
+) -> SweepResult:
+    """Read the cohort and what the criteria need from `source`; evaluate every patient."""
+    say = progress or (lambda _msg: None)
+    result = SweepResult(trial, as_of)
+    stats = result.stats
+    ids = await cohort_ids(trial, source, as_of, stats)
+    say(f"cohort: {len(ids)} patients")
+    if not ids:
+        return result
+    wanted = frozenset(ids)
+
+    patients: dict[str, PatientInfo] = {}
+    async for res in source.fetch(Query("Patient", patients=wanted)):
+        stats["Patient"] += 1
+        pid = patient_id_of(res)
+        if pid in wanted:
+            patients[pid] = patient_info(res)
+    say(f"patients read: {len(patients)}")
+
+    conditions: dict[str, list[ConditionFact]] = defaultdict(list)
+    async for res in source.fetch(Query("Condition", patients=wanted)):
+        stats["Condition"] += 1
+        pid = patient_id_of(res)
+        if pid in wanted:
+            conditions[pid].append(condition_fact(res))
+
+    procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
+    async for res in source.fetch(Query("Procedure", patients=wanted)):
+        stats["Procedure"] += 1
+        pid = patient_id_of(res)
+        if pid in wanted:
+            procedures[pid].append(procedure_fact(res))
+
+    builder = FactBuilder(trial.analytes, trial.units, trial.needed_analytes())
+    labs: dict[str, list[LabValue]] = defaultdict(list)
+    async for res in source.fetch(
+        Query("Observation", codes=trial.observation_codes(), patients=wanted)
+    ):
+        stats["Observation"] += 1
+        pid = patient_id_of(res)
+        if pid not in wanted:
+            continue
+        values = builder.observation(res)
+        if not values:
+            stats["observations_skipped"] += 1
+            continue
+        stats["observations_used"] += 1
+        for value in values:
+            if value.problem is not None:
+                result.unusable[value.problem] += 1
+        labs[pid].extend(values)
+    say(f"observations read: {stats['Observation']}")
+
+    manual = [(m.id, m.description) for m in trial.manual]
+    for pid in sorted(wanted):
+        reference = f"Patient/{pid}"
+        info = patients.get(pid)
+        if info is None:
+            result.errors.append(
+                PatientFailure(reference, "the Patient resource was not found in the source")
+            )
+            continue
+        facts = PatientFacts(
+            info,
+            labs=tuple(labs.get(pid, ())),
+            conditions=tuple(conditions.get(pid, ())),
+            procedures=tuple(procedures.get(pid, ())),
+        )
+        try:
+            verdict = evaluate_patient(
+                facts,
+                as_of=as_of,
+                criteria=trial.criteria,
+                manual=manual,
+                codesets=trial.codesets,
+                analytes=trial.analytes,
+            )
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            # A defect on one patient's data must not stop the night's sweep; it is reported
+            # under `errors` (exit 3), with the exception type only: messages may hold values.
+            log.warning("a patient could not be evaluated: %s", type(exc).__name__)
+            result.errors.append(
+                PatientFailure(reference, f"evaluation failed: {type(exc).__name__}")
+            )
+            continue
+        result.verdicts.append(verdict)
+    return result

@@ -1,0 +1,293 @@
+"""Loading trial definitions and the mappings they use, validated once, at start.
+
+A mappings folder holds `systems.yaml`, `codesets.yaml`, `analytes.yaml`, `local-codes.yaml`,
+`units.yaml` and `trials/<id>.yaml`. A trial is named by id (looked up in `trials/`) or by the
+path of its file; a trial file may add its own `codesets` and `analytes`, checked like the shared
+ones. Every mistake is a MappingError naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adapter import mapfiles
+from adapter.analytes import Analyte
+from adapter.codes import CodePattern, CodeSet
+from adapter.criteria.kinds import Criterion, criterion_models
+from adapter.errors import MappingError
+from adapter.facts.model import Coding
+from adapter.facts.units import Units
+
+
+def default_mappings_dir() -> Path:
+    """`adapter/mappings` in an installed wheel, else the checkout's top-level `mappings/`."""
+    packaged = Path(str(resources.files("adapter"))) / "mappings"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "mappings"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SystemModel(_Strict):
+    urls: list[str] = Field(min_length=1)
+    match: Literal["exact", "icd"]
+
+
+class SystemsFile(_Strict):
+    systems: dict[str, SystemModel]
+
+
+class CodeSetModel(_Strict):
+    description: str = ""
+    include: dict[str, list[str]]
+    exclude: dict[str, list[str]] = {}
+    search_variants: dict[str, list[str]] = {}
+
+
+class CodeSetsFile(_Strict):
+    codesets: dict[str, CodeSetModel]
+
+
+class CodedAs(_Strict):
+    system: str
+    code: str
+    molar_mass: float = Field(gt=0)
+
+
+class AnalyteModel(_Strict):
+    name: str
+    unit: str
+    molar_mass: float | None = Field(default=None, gt=0)
+    default_uln: float | None = Field(default=None, gt=0)
+    iu_as_u: bool = False
+    codes: dict[str, list[str]]
+    coded_as: list[CodedAs] = []
+
+
+class AnalytesFile(_Strict):
+    analytes: dict[str, AnalyteModel]
+
+
+class LocalCode(_Strict):
+    system: str
+    code: str
+    analyte: str
+
+
+class LocalCodesFile(_Strict):
+    local_codes: list[LocalCode] = []
+
+
+class StudyIdentifier(_Strict):
+    system: str
+    value: str
+
+
+class Cohort(_Strict):
+    active_condition_in: list[str] = Field(min_length=1)
+
+
+class ManualCriterion(_Strict):
+    id: str
+    description: str
+
+
+class TrialFile(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    title: str
+    study: StudyIdentifier
+    cohort: Cohort
+    criteria: list[Annotated[Any, Field()]]
+    manual: list[ManualCriterion] = []
+    codesets: dict[str, CodeSetModel] = {}
+    analytes: dict[str, AnalyteModel] = {}
+
+    @field_validator("criteria")
+    @classmethod
+    def _non_empty(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("a trial needs at least one criterion")
+        return value
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A loaded, validated trial: criteria in order, the code sets and analytes they use."""
+
+    id: str
+    title: str
+    study_system: str
+    study_value: str
+    cohort: tuple[CodeSet, ...]
+    criteria: tuple[Criterion, ...]
+    manual: tuple[ManualCriterion, ...]
+    codesets: dict[str, CodeSet]
+    analytes: dict[str, Analyte]
+    units: Units
+    source_file: Path
+    content_hash: str
+
+    def needed_analytes(self) -> frozenset[str]:
+        needed: set[str] = set()
+        for c in self.criteria:
+            needed.update(c.analytes())
+        return frozenset(needed)
+
+    def observation_codes(self) -> frozenset[Coding]:
+        """The exact Observation codes the criteria need (for the server query)."""
+        return frozenset(
+            code for a in self.needed_analytes() for code in self.analytes[a].codes
+        )
+
+    def cohort_tokens(self) -> frozenset[Coding]:
+        tokens: set[Coding] = set()
+        for cs in self.cohort:
+            tokens.update(cs.search_tokens())
+        return frozenset(tokens)
+
+
+def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
+    """Load trial `name` (an id in `trials/`, or a file path) and every mapping it uses."""
+    mdir = mappings_dir or default_mappings_dir()
+    candidate = Path(name)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        path = candidate
+        if not path.is_file():
+            raise MappingError(str(path), "trial file not found")
+    else:
+        path = mdir / "trials" / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (mdir / "trials").glob("*.yaml"))
+            raise MappingError(
+                str(path), f"no trial '{name}' (known: {', '.join(known) or 'none'})"
+            )
+    systems = mapfiles.load(SystemsFile, mdir / "systems.yaml").systems
+    shared_sets = mapfiles.load(CodeSetsFile, mdir / "codesets.yaml")
+    shared_analytes = mapfiles.load(AnalytesFile, mdir / "analytes.yaml")
+    local_path = mdir / "local-codes.yaml"
+    local = mapfiles.load(LocalCodesFile, local_path) if local_path.is_file() else LocalCodesFile()
+    units = Units.load(mdir / "units.yaml")
+
+    data, lines = mapfiles.read_yaml(path)
+    trial_file = mapfiles.validate(TrialFile, data, path, lines)
+
+    def fail(loc: mapfiles.Loc, reason: str, file: Path = path) -> MappingError:
+        line = mapfiles.line_of(lines, loc) if file == path else None
+        return MappingError(str(file), reason, line=line, field=".".join(map(str, loc)))
+
+    def resolve_system(alias: str, loc: mapfiles.Loc, file: Path) -> SystemModel:
+        if alias not in systems:
+            raise fail(loc, f"unknown code system '{alias}' (see systems.yaml)", file)
+        return systems[alias]
+
+    def build_codeset(name: str, model: CodeSetModel, file: Path, base: mapfiles.Loc) -> CodeSet:
+        def patterns(part: dict[str, list[str]], key: str) -> tuple[CodePattern, ...]:
+            out: list[CodePattern] = []
+            for alias, codes in part.items():
+                system = resolve_system(alias, (*base, key, alias), file)
+                for url in system.urls:
+                    out.extend(CodePattern(url, str(code), system.match) for code in codes)
+            return tuple(out)
+
+        variants: list[Coding] = []
+        for alias, codes in model.search_variants.items():
+            system = resolve_system(alias, (*base, "search_variants", alias), file)
+            variants.extend(Coding(url, str(c)) for url in system.urls for c in codes)
+        return CodeSet(
+            name, patterns(model.include, "include"), patterns(model.exclude, "exclude"),
+            tuple(variants),
+        )
+
+    codesets: dict[str, CodeSet] = {}
+    for cs_name, cs_model in shared_sets.codesets.items():
+        codesets[cs_name] = build_codeset(cs_name, cs_model, mdir / "codesets.yaml", ())
+    for cs_name, cs_model in trial_file.codesets.items():
+        codesets[cs_name] = build_codeset(cs_name, cs_model, path, ("codesets", cs_name))
+
+    analytes: dict[str, Analyte] = {}
+    all_analytes = [(n, m, mdir / "analytes.yaml", ("analytes", n))
+                    for n, m in shared_analytes.analytes.items()]
+    all_analytes += [(n, m, path, ("analytes", n)) for n, m in trial_file.analytes.items()]
+    for a_name, a_model, file, base in all_analytes:
+        if not units.is_valid(a_model.unit):
+            raise fail((*base, "unit"), f"'{a_model.unit}' is not a UCUM unit", file)
+        codes: dict[Coding, float | None] = {}
+        for alias, code_list in a_model.codes.items():
+            system = resolve_system(alias, (*base, "codes", alias), file)
+            for url in system.urls:
+                codes.update({Coding(url, str(c)): None for c in code_list})
+        for extra in a_model.coded_as:
+            system = resolve_system(extra.system, (*base, "coded_as"), file)
+            codes.update({Coding(url, extra.code): extra.molar_mass for url in system.urls})
+        analytes[a_name] = Analyte(
+            a_name, a_model.name, a_model.unit, a_model.molar_mass, a_model.default_uln,
+            a_model.iu_as_u, codes,
+        )
+    for i, lc in enumerate(local.local_codes):
+        if lc.analyte not in analytes:
+            raise MappingError(str(local_path), f"unknown analyte '{lc.analyte}'",
+                               field=f"local_codes.{i}.analyte")
+        system = resolve_system(lc.system, ("local_codes", i, "system"), local_path)
+        for url in system.urls:
+            analytes[lc.analyte].codes[Coding(url, lc.code)] = None
+
+    cohort: list[CodeSet] = []
+    for i, cs_name in enumerate(trial_file.cohort.active_condition_in):
+        if cs_name not in codesets:
+            raise fail(("cohort", "active_condition_in", i), f"unknown code set '{cs_name}'")
+        cohort.append(codesets[cs_name])
+
+    models = criterion_models()
+    criteria: list[Criterion] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(trial_file.criteria):
+        loc: mapfiles.Loc = ("criteria", i)
+        if not isinstance(raw, dict) or "kind" not in raw or "id" not in raw:
+            raise fail(loc, "a criterion needs an `id` and a `kind`")
+        kind = raw["kind"]
+        if kind not in models:
+            raise fail((*loc, "kind"), f"unknown criterion kind '{kind}' "
+                       f"(known: {', '.join(sorted(models))})")
+        criterion = mapfiles.validate(models[kind], raw, path, _sub(lines, loc))
+        if criterion.id in seen:
+            raise fail((*loc, "id"), f"criterion id '{criterion.id}' is used twice")
+        seen.add(criterion.id)
+        problem = criterion.check(codesets, analytes, units)
+        if problem is not None:
+            field, reason = problem
+            raise fail((*loc, field), reason)
+        criteria.append(criterion)
+    for j, manual in enumerate(trial_file.manual):
+        if manual.id in seen:
+            raise fail(("manual", j, "id"), f"criterion id '{manual.id}' is used twice")
+        seen.add(manual.id)
+
+    return Trial(
+        id=trial_file.id,
+        title=" ".join(trial_file.title.split()),
+        study_system=trial_file.study.system,
+        study_value=trial_file.study.value,
+        cohort=tuple(cohort),
+        criteria=tuple(criteria),
+        manual=tuple(trial_file.manual),
+        codesets=codesets,
+        analytes=analytes,
+        units=units,
+        source_file=path,
+        content_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+
+def _sub(lines: dict[mapfiles.Loc, int], prefix: mapfiles.Loc) -> dict[mapfiles.Loc, int]:
+    """The line index below `prefix`, re-rooted, so a criterion's errors point into the file."""
+    n = len(prefix)
+    return {loc[n:]: line for loc, line in lines.items() if loc[:n] == prefix}
