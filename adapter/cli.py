@@ -70,12 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
     sweep.add_argument("--out", type=Path, help="report folder (default out/<trial>/<as-of>/)")
     sweep.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
-    sweep.add_argument("--batch-size", type=_positive, default=100,
-                       help="patients per server query (default 100)")
-    sweep.add_argument("--page-size", type=_positive, default=200,
-                       help="_count for server searches (default 200)")
-    sweep.add_argument("--timeout", type=float, default=60.0,
-                       help="seconds to wait for a server answer (default 60)")
+    sweep.add_argument(
+        "--batch-size", type=_positive, default=100, help="patients per server query (default 100)"
+    )
+    sweep.add_argument(
+        "--page-size", type=_positive, default=200, help="_count for server searches (default 200)"
+    )
+    sweep.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a server answer (default 60)",
+    )
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
     return parser
 

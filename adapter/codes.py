@@ -68,7 +68,7 @@ class CodeSet:
         return None
 
     def search_tokens(self) -> frozenset[Coding]:
-        """Exact codes for a server-side token search (ranges cannot be searched and are skipped)."""
+        """Exact codes for a server token search (ranges cannot be searched: skipped)."""
         tokens = {
             Coding(p.system, p.text.rstrip("*"))
             for p in self.include

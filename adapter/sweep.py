@@ -58,7 +58,9 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
             by_patient[pid].append(fact)
     ids = set()
     for pid, conditions in by_patient.items():
-        probe = PatientFacts(PatientInfo(f"Patient/{pid}", None, None), conditions=tuple(conditions))
+        probe = PatientFacts(
+            PatientInfo(f"Patient/{pid}", None, None), conditions=tuple(conditions)
+        )
         if in_cohort(probe, trial.cohort, as_of):
             ids.add(pid)
     return ids

@@ -144,9 +144,7 @@ class Trial:
 
     def observation_codes(self) -> frozenset[Coding]:
         """The exact Observation codes the criteria need (for the server query)."""
-        return frozenset(
-            code for a in self.needed_analytes() for code in self.analytes[a].codes
-        )
+        return frozenset(code for a in self.needed_analytes() for code in self.analytes[a].codes)
 
     def cohort_tokens(self) -> frozenset[Coding]:
         tokens: set[Coding] = set()
@@ -203,7 +201,9 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             system = resolve_system(alias, (*base, "search_variants", alias), file)
             variants.extend(Coding(url, str(c)) for url in system.urls for c in codes)
         return CodeSet(
-            name, patterns(model.include, "include"), patterns(model.exclude, "exclude"),
+            name,
+            patterns(model.include, "include"),
+            patterns(model.exclude, "exclude"),
             tuple(variants),
         )
 
@@ -214,8 +214,9 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         codesets[cs_name] = build_codeset(cs_name, cs_model, path, ("codesets", cs_name))
 
     analytes: dict[str, Analyte] = {}
-    all_analytes = [(n, m, mdir / "analytes.yaml", ("analytes", n))
-                    for n, m in shared_analytes.analytes.items()]
+    all_analytes = [
+        (n, m, mdir / "analytes.yaml", ("analytes", n)) for n, m in shared_analytes.analytes.items()
+    ]
     all_analytes += [(n, m, path, ("analytes", n)) for n, m in trial_file.analytes.items()]
     for a_name, a_model, file, base in all_analytes:
         if not units.is_valid(a_model.unit):
@@ -229,13 +230,19 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             system = resolve_system(extra.system, (*base, "coded_as"), file)
             codes.update({Coding(url, extra.code): extra.molar_mass for url in system.urls})
         analytes[a_name] = Analyte(
-            a_name, a_model.name, a_model.unit, a_model.molar_mass, a_model.default_uln,
-            a_model.iu_as_u, codes,
+            a_name,
+            a_model.name,
+            a_model.unit,
+            a_model.molar_mass,
+            a_model.default_uln,
+            a_model.iu_as_u,
+            codes,
         )
     for i, lc in enumerate(local.local_codes):
         if lc.analyte not in analytes:
-            raise MappingError(str(local_path), f"unknown analyte '{lc.analyte}'",
-                               field=f"local_codes.{i}.analyte")
+            raise MappingError(
+                str(local_path), f"unknown analyte '{lc.analyte}'", field=f"local_codes.{i}.analyte"
+            )
         system = resolve_system(lc.system, ("local_codes", i, "system"), local_path)
         for url in system.urls:
             analytes[lc.analyte].codes[Coding(url, lc.code)] = None
@@ -255,8 +262,10 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             raise fail(loc, "a criterion needs an `id` and a `kind`")
         kind = raw["kind"]
         if kind not in models:
-            raise fail((*loc, "kind"), f"unknown criterion kind '{kind}' "
-                       f"(known: {', '.join(sorted(models))})")
+            raise fail(
+                (*loc, "kind"),
+                f"unknown criterion kind '{kind}' (known: {', '.join(sorted(models))})",
+            )
         criterion = mapfiles.validate(models[kind], raw, path, _sub(lines, loc))
         if criterion.id in seen:
             raise fail((*loc, "id"), f"criterion id '{criterion.id}' is used twice")

@@ -114,11 +114,18 @@ class Age(Criterion):
     def evaluate(self, ctx: Context) -> CriterionResult:
         p = ctx.facts.patient
         if p.birth_date is None:
-            return CriterionResult(Result.UNKNOWN, "no birthDate", (Evidence(reference=p.reference),))
+            return CriterionResult(
+                Result.UNKNOWN, "no birthDate", (Evidence(reference=p.reference),)
+            )
         youngest = completed_years(p.birth_date.last_day, ctx.as_of)
         oldest = completed_years(p.birth_date.first_day, ctx.as_of)
-        ev = (Evidence(reference=p.reference, date=p.birth_date.text,
-                       threshold=f"{self.min_years} to {self.max_years} years"),)
+        ev = (
+            Evidence(
+                reference=p.reference,
+                date=p.birth_date.text,
+                threshold=f"{self.min_years} to {self.max_years} years",
+            ),
+        )
         ages = f"{youngest}" if youngest == oldest else f"{youngest} to {oldest}"
         if youngest >= self.min_years and oldest <= self.max_years:
             return CriterionResult(Result.MET, f"aged {ages}", ev)
@@ -133,15 +140,19 @@ def _condition_evidence(ctx: Context, codeset: str, *, active_only: bool) -> tup
     out = []
     for cond in ctx.conditions_in(codeset, active_only=active_only):
         coding = ctx.codesets[codeset].matches_any(cond.codes)
-        date_text = cond.onset.text if cond.onset else (
-            cond.recorded_date.text if cond.recorded_date else None
+        date_text = (
+            cond.onset.text
+            if cond.onset
+            else (cond.recorded_date.text if cond.recorded_date else None)
         )
-        out.append(Evidence(
-            reference=cond.reference,
-            recorded_code=coding.token() if coding else None,
-            date=date_text,
-            note=f"clinicalStatus {cond.clinical_status or 'absent'}",
-        ))
+        out.append(
+            Evidence(
+                reference=cond.reference,
+                recorded_code=coding.token() if coding else None,
+                date=date_text,
+                note=f"clinicalStatus {cond.clinical_status or 'absent'}",
+            )
+        )
     return tuple(out)
 
 
@@ -206,8 +217,11 @@ class LabThreshold(Criterion):
     ) -> Problem:
         problem = super().check(codesets, analytes, units)
         if problem is None and self.unit != analytes[self.analyte].unit:
-            return ("unit", f"threshold unit '{self.unit}' is not the analyte's canonical unit "
-                    f"'{analytes[self.analyte].unit}'")
+            return (
+                "unit",
+                f"threshold unit '{self.unit}' is not the analyte's canonical unit "
+                f"'{analytes[self.analyte].unit}'",
+            )
         return problem
 
     def evaluate(self, ctx: Context) -> CriterionResult:

@@ -71,7 +71,8 @@ def _key(lab: LabValue) -> tuple[date, float]:
 
 
 def _same_time(a: LabValue, b: LabValue) -> bool:
-    assert a.date is not None and b.date is not None
+    if a.date is None or b.date is None:
+        return False
     if a.date.first_day != b.date.first_day or not a.date.is_exact_day:
         return False
     if a.date.instant is None or b.date.instant is None:
@@ -141,8 +142,10 @@ def lab_evidence(
     norm = lab.normalised
     note = norm.via if norm is not None else lab.problem
     if lab.date is not None and (as_of - lab.date.last_day).days > 7:
-        note = f"{note}; older than 7 days: redraw at the enrolment visit" if note else (
-            "older than 7 days: redraw at the enrolment visit"
+        note = (
+            f"{note}; older than 7 days: redraw at the enrolment visit"
+            if note
+            else ("older than 7 days: redraw at the enrolment visit")
         )
     return Evidence(
         reference=lab.reference,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -35,8 +35,8 @@ class FhirDate:
 
     def sort_key(self) -> tuple[date, datetime]:
         """Key for 'latest': the last day it may be, then its instant within that day."""
-        moment = self.instant or datetime.combine(self.last_day, datetime.min.time(), timezone.utc)
-        return (self.last_day, moment.astimezone(timezone.utc))
+        moment = self.instant or datetime.combine(self.last_day, datetime.min.time(), UTC)
+        return (self.last_day, moment.astimezone(UTC))
 
 
 def parse_fhir_date(text: object) -> FhirDate | None:
@@ -57,7 +57,7 @@ def parse_fhir_date(text: object) -> FhirDate | None:
         day = date(year, month, int(m["d"]))
         instant: datetime | None = None
         if m["H"] is not None and m["tz"] is not None:
-            tz = timezone.utc if m["tz"] == "Z" else _offset(m["tz"])
+            tz = UTC if m["tz"] == "Z" else _offset(m["tz"])
             frac = (m["f"] or "0")[:6].ljust(6, "0")
             instant = datetime(
                 year,

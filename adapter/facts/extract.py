@@ -230,14 +230,25 @@ class FactBuilder:
     ) -> Normalised | Unconvertible:
         if code_mass is None:
             return self._units.normalise(
-                value, to=analyte.unit, code=rec.code, system=rec.system, unit=rec.unit,
-                comparator=rec.comparator, molar_mass=analyte.molar_mass, iu_as_u=analyte.iu_as_u,
+                value,
+                to=analyte.unit,
+                code=rec.code,
+                system=rec.system,
+                unit=rec.unit,
+                comparator=rec.comparator,
+                molar_mass=analyte.molar_mass,
+                iu_as_u=analyte.iu_as_u,
             )
         # The code measures a related substance (urea for BUN): to amount of substance with its
         # own molar mass, then to the analyte with the analyte's.
         step = self._units.normalise(
-            value, to="mmol/L", code=rec.code, system=rec.system, unit=rec.unit,
-            comparator=rec.comparator, molar_mass=code_mass,
+            value,
+            to="mmol/L",
+            code=rec.code,
+            system=rec.system,
+            unit=rec.unit,
+            comparator=rec.comparator,
+            molar_mass=code_mass,
         )
         if isinstance(step, Unconvertible):
             return step
@@ -267,9 +278,11 @@ class FactBuilder:
                 assert value is not None
                 has_unit = isinstance(q.get("unit"), str) or isinstance(q.get("code"), str)
                 # A bound with no unit takes the value's unit (trial-spec, fine print).
-                unit_src = q if has_unit or recorded is None else {
-                    "unit": recorded.unit, "code": recorded.code, "system": recorded.system
-                }
+                unit_src = (
+                    q
+                    if has_unit or recorded is None
+                    else {"unit": recorded.unit, "code": recorded.code, "system": recorded.system}
+                )
                 rec = Recorded(
                     value,
                     unit_src.get("unit") if isinstance(unit_src.get("unit"), str) else None,

@@ -72,7 +72,15 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
 
 
 CSV_COLUMNS = (
-    "patient", "status", "criterion", "result", "value", "unit", "date", "threshold", "reason",
+    "patient",
+    "status",
+    "criterion",
+    "result",
+    "value",
+    "unit",
+    "date",
+    "threshold",
+    "reason",
     "reference",
 )
 
@@ -90,18 +98,25 @@ def candidates_csv(verdicts: list[PatientVerdict]) -> str:
             ev = r.evidence[0] if r.evidence else Evidence()
             value = ev.normalised_value if ev.normalised_value is not None else ev.recorded_value
             unit = ev.normalised_unit if ev.normalised_value is not None else ev.recorded_unit
-            writer.writerow([
-                v.patient, v.status.value, cid, r.result.value,
-                "" if value is None else f"{value:g}", unit or "", ev.date or "",
-                ev.threshold or "", r.reason, ev.reference or "",
-            ])
+            writer.writerow(
+                [
+                    v.patient,
+                    v.status.value,
+                    cid,
+                    r.result.value,
+                    "" if value is None else f"{value:g}",
+                    unit or "",
+                    ev.date or "",
+                    ev.threshold or "",
+                    r.reason,
+                    ev.reference or "",
+                ]
+            )
     return buf.getvalue()
 
 
 def write_reports(out_dir: Path, doc: dict[str, Any], verdicts: list[PatientVerdict]) -> None:
-    write_private(
-        out_dir / "results.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-    )
+    write_private(out_dir / "results.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     write_private(out_dir / "candidates.csv", candidates_csv(verdicts).encode())
 
 

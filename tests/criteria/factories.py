@@ -33,23 +33,38 @@ def patient(birth: str | None = "1970-01-01", **kw: object) -> PatientInfo:
 
 
 def condition(
-    code: str, system: str = ICD10CM, clinical: str | None = "active", verification: str | None = None,
+    code: str,
+    system: str = ICD10CM,
+    clinical: str | None = "active",
+    verification: str | None = None,
     onset: str | None = None,
 ) -> ConditionFact:
-    return ConditionFact(f"Condition/{code}", (Coding(system, code),), clinical, verification,
-                         fdate(onset))
+    return ConditionFact(
+        f"Condition/{code}", (Coding(system, code),), clinical, verification, fdate(onset)
+    )
 
 
 def lab(
-    analyte: str, value: float | None, when: str | None, unit: str = "g/dL", *,
-    status: str = "final", comparator: str | None = None, problem: str | None = None,
+    analyte: str,
+    value: float | None,
+    when: str | None,
+    unit: str = "g/dL",
+    *,
+    status: str = "final",
+    comparator: str | None = None,
+    problem: str | None = None,
     ref: str = "Observation/o1",
 ) -> LabValue:
     norm = None if value is None or problem else Normalised(value, unit, comparator, "UCUM code")
     return LabValue(
-        analyte=analyte, reference=ref, code=Coding(LOINC, "718-7"), status=status,
-        date=fdate(when), recorded=Recorded(value, unit, unit, comparator),
-        normalised=norm, problem=problem if norm is None else None,
+        analyte=analyte,
+        reference=ref,
+        code=Coding(LOINC, "718-7"),
+        status=status,
+        date=fdate(when),
+        recorded=Recorded(value, unit, unit, comparator),
+        normalised=norm,
+        problem=problem if norm is None else None,
     )
 
 
@@ -72,14 +87,18 @@ CODESETS = {
 }
 ANALYTES = {
     "hemoglobin": Analyte("hemoglobin", "Hemoglobin", "g/dL", 16114.5, None, False, {}),
-    "bilirubin_total": Analyte("bilirubin_total", "Bilirubin, total", "mg/dL", 584.66, None,
-                               False, {}),
+    "bilirubin_total": Analyte(
+        "bilirubin_total", "Bilirubin, total", "mg/dL", 584.66, None, False, {}
+    ),
 }
 
 
 def ctx(
-    *, labs: tuple[LabValue, ...] = (), conditions: tuple[ConditionFact, ...] = (),
-    info: PatientInfo | None = None, as_of: date = AS_OF,
+    *,
+    labs: tuple[LabValue, ...] = (),
+    conditions: tuple[ConditionFact, ...] = (),
+    info: PatientInfo | None = None,
+    as_of: date = AS_OF,
 ) -> Context:
     facts = PatientFacts(info or patient(), labs=labs, conditions=conditions)
     return Context(facts, as_of, CODESETS, ANALYTES)

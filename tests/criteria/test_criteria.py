@@ -18,10 +18,24 @@ from adapter.criteria.results import Result
 M, N, U = Result.MET, Result.NOT_MET, Result.UNKNOWN
 
 AGE = Age(id="age", kind="age", min_years=18, max_years=75)
-HB = LabThreshold(id="hemoglobin", kind="lab_threshold", analyte="hemoglobin", op=">=",
-                  value=9.0, unit="g/dL", window_days=30)
-BILI = LabThreshold(id="bilirubin_total", kind="lab_threshold", analyte="bilirubin_total",
-                    op="<", value=2.0, unit="mg/dL", window_days=30)
+HB = LabThreshold(
+    id="hemoglobin",
+    kind="lab_threshold",
+    analyte="hemoglobin",
+    op=">=",
+    value=9.0,
+    unit="g/dL",
+    window_days=30,
+)
+BILI = LabThreshold(
+    id="bilirubin_total",
+    kind="lab_threshold",
+    analyte="bilirubin_total",
+    op="<",
+    value=2.0,
+    unit="mg/dL",
+    window_days=30,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,8 +104,12 @@ def test_hcc_diagnosis_needs_an_active_hcc_condition(conditions, expected):
     assert DX.evaluate(ctx(conditions=conditions)).result is expected
 
 
-META = ConditionAbsent(id="no_extrahepatic_metastasis", kind="condition_absent",
-                       codeset="extrahepatic_metastasis", active_only=True)
+META = ConditionAbsent(
+    id="no_extrahepatic_metastasis",
+    kind="condition_absent",
+    codeset="extrahepatic_metastasis",
+    active_only=True,
+)
 
 
 @pytest.mark.parametrize(
@@ -157,8 +175,9 @@ def test_the_latest_value_decides_not_the_best():
     assert result.evidence[0].reference == "Observation/new"
 
 
-@pytest.mark.parametrize("status", ["preliminary", "entered-in-error", "registered", "cancelled",
-                                    "unknown"])
+@pytest.mark.parametrize(
+    "status", ["preliminary", "entered-in-error", "registered", "cancelled", "unknown"]
+)
 def test_unusable_statuses_are_ignored(status):
     """Only final, amended, corrected Observations are used."""
     labs = (
@@ -242,7 +261,11 @@ def test_lab_evidence_carries_value_unit_date_threshold_and_marks_labs_older_tha
     result = HB.evaluate(ctx(labs=(lab("hemoglobin", 9.5, "2026-06-01"),)))
     ev = result.evidence[0]
     assert (ev.reference, ev.normalised_value, ev.normalised_unit, ev.date, ev.threshold) == (
-        "Observation/o1", 9.5, "g/dL", "2026-06-01", ">= 9 g/dL",
+        "Observation/o1",
+        9.5,
+        "g/dL",
+        "2026-06-01",
+        ">= 9 g/dL",
     )
     assert "older than 7 days" in (ev.note or "")
 

@@ -1,0 +1,200 @@
+"""Searchset paging along link[next], with HAPI-shaped Bundles served by respx."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from adapter.errors import (
+    InvalidResponseError,
+    TemporaryHttpError,
+    UntrustedUrlError,
+)
+from adapter.fhir.client import FhirClient
+from adapter.fhir.paging import iter_bundle, iter_pages
+
+BASE = "http://fhir.test/fhir"
+
+
+def page_url(offset: int) -> str:
+    """A HAPI next link: absolute, on the base, with a search id and an offset."""
+    return f"{BASE}?_getpages=abc&_getpagesoffset={offset}&_count=2&_bundletype=searchset"
+
+
+def bundle(ids: list[str], *, next_url: str | None = None, total: int = 5) -> dict[str, Any]:
+    links = [{"relation": "self", "url": f"{BASE}/Observation?_count=2"}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{BASE}/Observation/{i}",
+                "resource": {"resourceType": "Observation", "id": i},
+                "search": {"mode": "match"},
+            }
+            for i in ids
+        ],
+    }
+
+
+def collect(first_url: str = "Observation", params: Any = None) -> list[str]:
+    """The ids iter_bundle yields, from a fresh injected client."""
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE)
+            return [r["id"] async for r in iter_bundle(client, first_url, params)]
+
+    return asyncio.run(main())
+
+
+def serve_pages(*pages: dict[str, Any]) -> None:
+    """First page at Observation, the following ones at HAPI's _getpagesoffset links."""
+    respx.get(f"{BASE}/Observation").respond(200, json=pages[0])
+    for n, page in enumerate(pages[1:], start=1):
+        respx.get(BASE, params={"_getpagesoffset": str(2 * n)}).respond(200, json=page)
+
+
+@respx.mock
+def test_follows_next_links_to_the_last_page() -> None:
+    """Three pages are read in order and every resource is yielded once."""
+    serve_pages(
+        bundle(["1", "2"], next_url=page_url(2)),
+        bundle(["3", "4"], next_url=page_url(4)),
+        bundle(["5"]),
+    )
+    assert collect("Observation", {"_count": "2"}) == ["1", "2", "3", "4", "5"]
+    assert len(respx.calls) == 3
+
+
+@respx.mock
+def test_empty_searchset_yields_nothing() -> None:
+    """A Bundle with total 0 and no entry is an empty search, not an error."""
+    respx.get(f"{BASE}/Observation").respond(
+        200, json={"resourceType": "Bundle", "type": "searchset", "total": 0}
+    )
+    assert collect() == []
+
+
+@respx.mock
+def test_included_and_outcome_entries_are_yielded_for_the_caller_to_filter() -> None:
+    """Paging yields every entry's resource; filtering by type is the caller's job."""
+    page = bundle(["1"])
+    page["entry"].append(
+        {
+            "resource": {"resourceType": "OperationOutcome", "id": "oo"},
+            "search": {"mode": "outcome"},
+        }
+    )
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    assert collect() == ["1", "oo"]
+
+
+@respx.mock
+def test_relative_next_link_is_taken_below_the_base() -> None:
+    """A relative next link (some servers send one) resolves below the base, not the host root."""
+    first = bundle(["1"], next_url="Observation?_getpages=abc&_getpagesoffset=2")
+    respx.get(f"{BASE}/Observation", params={"_getpagesoffset": "2"}).respond(
+        200, json=bundle(["2"])
+    )
+    respx.get(f"{BASE}/Observation").respond(200, json=first)
+    assert collect() == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("next_url", "named"),
+    [
+        ("http://evil.test/fhir?_getpages=abc", "http://evil.test/fhir"),
+        ("http://fhir.test:8080/fhir?_getpages=abc", "http://fhir.test:8080/fhir"),
+        ("https://fhir.test/fhir?_getpages=abc", "https://fhir.test/fhir"),
+        ("http://fhir.test/fhir-other?_getpages=abc", "http://fhir.test/fhir-other"),
+        ("http://fhir.test/other?_getpages=abc", "http://fhir.test/other"),
+        ("http://fhir.test/fhir/../other?_getpages=abc", "http://fhir.test/other"),
+    ],
+)
+@respx.mock
+def test_foreign_next_link_is_refused_naming_the_redacted_link(next_url: str, named: str) -> None:
+    """A next link off the base raises UntrustedUrlError naming it without its query."""
+    serve_pages(bundle(["1", "2"], next_url=next_url))
+    with pytest.raises(UntrustedUrlError) as caught:
+        collect()
+    assert caught.value.url == named
+    assert "_getpages" not in str(caught.value)
+    assert len(respx.calls) == 1
+
+
+@respx.mock
+def test_next_link_loop_is_detected() -> None:
+    """A next link back to a page already read raises instead of paging forever."""
+    serve_pages(
+        bundle(["1", "2"], next_url=page_url(2)),
+        bundle(["3", "4"], next_url=page_url(2)),
+    )
+    with pytest.raises(InvalidResponseError, match="loop"):
+        collect()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"resourceType": "Patient", "id": "1"}, "got Patient"),
+        (
+            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "search expired"}]},
+            "OperationOutcome: search expired",
+        ),
+        ({"resourceType": "Bundle", "type": "history"}, "Bundle type"),
+        (
+            {"resourceType": "Bundle", "type": "searchset", "entry": [{"fullUrl": "x"}]},
+            "no resource",
+        ),
+        ({"resourceType": "Bundle", "type": "searchset", "entry": {}}, "not a list"),
+    ],
+)
+@respx.mock
+def test_a_page_that_is_not_a_searchset_bundle_is_invalid(
+    body: dict[str, Any], message: str
+) -> None:
+    """A body other than a searchset Bundle raises InvalidResponseError saying what it was."""
+    respx.get(f"{BASE}/Observation").respond(200, json=body)
+    with pytest.raises(InvalidResponseError, match=message):
+        collect()
+
+
+@respx.mock
+def test_a_failed_later_page_raises_instead_of_ending_the_search() -> None:
+    """An error on page 2 propagates; the search never looks complete with page 1 alone."""
+    respx.get(f"{BASE}/Observation").respond(200, json=bundle(["1", "2"], next_url=page_url(2)))
+    respx.get(BASE, params={"_getpagesoffset": "2"}).respond(503)
+    seen: list[str] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            async for resource in iter_bundle(FhirClient(http, BASE), "Observation", None):
+                seen.append(resource["id"])
+
+    with pytest.raises(TemporaryHttpError):
+        asyncio.run(main())
+    assert seen == ["1", "2"]
+
+
+@respx.mock
+def test_iter_pages_continues_from_an_already_fetched_first_page() -> None:
+    """iter_pages starts from a page in hand (a POST search) and follows its next links."""
+    respx.get(BASE, params={"_getpagesoffset": "2"}).respond(200, json=bundle(["3"]))
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE)
+            first = bundle(["1", "2"], next_url=page_url(2))
+            pages = iter_pages(client, first, f"{BASE}/Observation/_search")
+            return [r["id"] async for r in pages]
+
+    assert asyncio.run(main()) == ["1", "2", "3"]

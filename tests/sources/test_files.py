@@ -1,0 +1,472 @@
+"""The folder source: Bulk Data NDJSON (plain and gzipped), Bundles and single-resource JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from adapter.errors import SourcePathError
+from adapter.facts.model import Coding
+from adapter.sources.base import Query, Resource, patient_id_of
+from adapter.sources.files import FolderSource
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def collect(
+    source: FolderSource, resource_type: str, patients: set[str] | None = None, **kw: Any
+) -> list[Resource]:
+    """Everything one fetch yields."""
+    query = Query(resource_type, patients=None if patients is None else frozenset(patients), **kw)
+
+    async def main() -> list[Resource]:
+        return [r async for r in source.fetch(query)]
+
+    return asyncio.run(main())
+
+
+def ids(resources: list[Resource]) -> list[str]:
+    return [r["id"] for r in resources]
+
+
+def obs(rid: str, patient: str | None = "p1", **extra: Any) -> Resource:
+    resource: Resource = {"resourceType": "Observation", "id": rid, "status": "final"}
+    if patient is not None:
+        # A bare id is a Patient's; anything with a slash or colon is a reference already.
+        ref = patient if "/" in patient or ":" in patient else f"Patient/{patient}"
+        resource["subject"] = {"reference": ref}
+    return resource | extra
+
+
+def write_ndjson(path: Path, *resources: Resource) -> Path:
+    """One compact JSON a line, gzipped when the name ends in .gz."""
+    data = b"".join(orjson.dumps(r) + b"\n" for r in resources)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def write_json(path: Path, document: Any) -> Path:
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def bundle(kind: str, *entries: dict[str, Any]) -> Resource:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+# --- NDJSON ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Observation.ndjson",
+        "Observation.000.ndjson",
+        "Observation.1.ndjson",
+        "Observation.ndjson.gz",
+        "Observation.002.ndjson.gz",
+    ],
+)
+def test_the_ndjson_file_name_gives_the_resource_type(tmp_path: Path, name: str) -> None:
+    """Bulk Data names, plain or gzipped, are read for the type before the first dot only."""
+    write_ndjson(tmp_path / name, obs("o1"), obs("o2"))
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation")) == ["o1", "o2"]
+    assert collect(source, "Condition") == []
+    assert source.yielded == {"Observation": 2}
+
+
+def test_other_files_subfolders_and_hidden_files_are_ignored(tmp_path: Path) -> None:
+    """Only the top folder's .ndjson, .ndjson.gz and .json files are read."""
+    write_ndjson(tmp_path / "Observation.ndjson", obs("o1"))
+    write_ndjson(tmp_path / "Observation.ndjson.bak", obs("bak"))
+    (tmp_path / "README.md").write_text("# export\n")
+    (tmp_path / "manifest.txt").write_text("Observation.ndjson\n")
+    # macOS leaves binary AppleDouble files beside copied ones.
+    (tmp_path / "._Observation.ndjson").write_bytes(b"\x00\x05\x16\x07\x00\x02")
+    (tmp_path / "nested").mkdir()
+    write_ndjson(tmp_path / "nested" / "Observation.ndjson", obs("nested"))
+    assert ids(collect(FolderSource(tmp_path), "Observation")) == ["o1"]
+
+
+def test_files_are_read_in_name_order(tmp_path: Path) -> None:
+    """NDJSON and JSON files come in the order of their names, whatever order they were made in."""
+    write_ndjson(tmp_path / "Observation.001.ndjson", obs("o3"))
+    write_ndjson(tmp_path / "Observation.000.ndjson.gz", obs("o1"), obs("o2"))
+    write_json(tmp_path / "Observation-x.json", obs("x"))
+    assert ids(collect(FolderSource(tmp_path), "Observation")) == ["x", "o1", "o2", "o3"]
+
+
+ONE, TWO = orjson.dumps(obs("o1")), orjson.dumps(obs("o2"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbf" + ONE + b"\r\n\r\n   \n" + TWO + b"\r\n\n",
+        b"\xef\xbb\xbf\n" + ONE + b"\n\t\n" + TWO,
+    ],
+    ids=["crlf-blank-lines", "bom-alone-no-final-newline"],
+)
+@pytest.mark.parametrize("name", ["Observation.ndjson", "Observation.ndjson.gz"])
+def test_blank_lines_crlf_and_a_byte_order_mark_are_accepted(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    """Windows tools write CRLF and a BOM; blank lines carry nothing."""
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert ids(collect(FolderSource(tmp_path), "Observation")) == ["o1", "o2"]
+
+
+def test_a_line_of_another_type_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A Condition inside Observation.ndjson is left out, and the count says so."""
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}
+    write_ndjson(tmp_path / "Observation.ndjson", obs("o1"), condition, {"id": "x"}, obs("o2"))
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation")) == ["o1", "o2"]
+    assert source.skipped == {"Observation.ndjson: resourceType is not Observation": 2}
+    assert source.yielded == {"Observation": 2}
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "patients"),
+    [
+        (b'{"resourceType":"Observation","id":"secret-value","subject":{"refer', None),
+        (b'{"resourceType":"Observation","id":"secret-value","subject":{"refer', {"p1"}),
+        (b'{"resourceType":"Observation","id":"secret-value",}', None),
+        (b'["secret-value"]', None),
+        (b'["secret-value"]', {"p1"}),
+        (b'{"resourceType":"Observation","id":"secret-value\xff"}', None),
+    ],
+    ids=["truncated", "truncated-filtered", "comma", "array", "array-filtered", "not-utf8"],
+)
+@pytest.mark.parametrize("name", ["Observation.ndjson", "Observation.ndjson.gz"])
+def test_a_malformed_line_fails_with_file_and_line_but_not_its_content(
+    tmp_path: Path, name: str, bad_line: bytes, patients: set[str] | None
+) -> None:
+    """A corrupt export stops the sweep: the message names file:line and leaves the data out."""
+    data = orjson.dumps(obs("o1")) + b"\n\n" + bad_line + b"\n" + orjson.dumps(obs("o2")) + b"\n"
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(SourcePathError, match=rf"{name}:3: ") as caught:
+        collect(FolderSource(tmp_path), "Observation", patients)
+    assert "secret" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not gzip at all\n",
+        gzip.compress(orjson.dumps(obs("o1")) + b"\n" * 5000)[:-30],
+    ],
+    ids=["not-gzip", "truncated"],
+)
+def test_a_bad_gzip_file_fails_naming_it(tmp_path: Path, data: bytes) -> None:
+    """An unreadable .gz is a fatal path problem, not an empty file."""
+    (tmp_path / "Observation.000.ndjson.gz").write_bytes(data)
+    with pytest.raises(SourcePathError, match=r"Observation\.000\.ndjson\.gz: .*gzip"):
+        collect(FolderSource(tmp_path), "Observation")
+
+
+# --- the folder ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("make", "reason"), [(False, "no such folder"), (True, "not a folder")])
+def test_a_missing_folder_or_a_file_fails_naming_the_path(
+    tmp_path: Path, make: bool, reason: str
+) -> None:
+    """The path is checked when the source is built, before any sweep starts."""
+    path = tmp_path / "export"
+    if make:
+        path.write_text("")
+    with pytest.raises(SourcePathError, match=reason) as caught:
+        FolderSource(path)
+    assert str(path) in str(caught.value)
+
+
+# --- JSON: Bundles and single resources -------------------------------------------------------
+
+
+def test_transaction_bundle_urn_uuid_references_become_relative(tmp_path: Path) -> None:
+    """A Synthea-style transaction reads as a server would hold it after the transaction."""
+    write_json(
+        tmp_path / "Alice.json",
+        bundle(
+            "transaction",
+            {
+                "fullUrl": "urn:uuid:p-1",
+                "resource": {"resourceType": "Patient", "id": "p-1"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"fullUrl": "urn:uuid:e-1", "resource": {"resourceType": "Encounter", "id": "e-1"}},
+            {
+                "fullUrl": "urn:uuid:o-1",
+                "resource": {
+                    "resourceType": "Observation",
+                    "subject": {"reference": "urn:uuid:p-1"},
+                    "encounter": {"reference": "urn:uuid:e-1"},
+                    "performer": [{"reference": "Practitioner/9"}],
+                    "hasMember": [{"reference": "urn:uuid:elsewhere"}],
+                    "derivedFrom": [{"reference": "urn:uuid:o-1", "display": "itself"}],
+                },
+            },
+            {"request": {"method": "DELETE", "url": "Observation/old"}},
+        ),
+    )
+    source = FolderSource(tmp_path)
+    [observation] = collect(source, "Observation")
+    assert observation["id"] == "o-1"
+    assert observation["subject"] == {"reference": "Patient/p-1"}
+    assert observation["encounter"] == {"reference": "Encounter/e-1"}
+    assert observation["performer"] == [{"reference": "Practitioner/9"}]
+    assert observation["hasMember"] == [{"reference": "urn:uuid:elsewhere"}]
+    assert observation["derivedFrom"] == [{"reference": "Observation/o-1", "display": "itself"}]
+    assert ids(collect(source, "Patient")) == ["p-1"]
+    assert source.skipped == {"Alice.json: Bundle entry without resource": 2}
+
+
+def test_absolute_full_urls_become_the_entry_resources_type_and_id(tmp_path: Path) -> None:
+    """The entry's own id wins over the fullUrl's last segment."""
+    write_json(
+        tmp_path / "searchset.json",
+        bundle(
+            "collection",
+            {
+                "fullUrl": "http://host/fhir/Patient/url-id",
+                "resource": {"resourceType": "Patient", "id": "real-id"},
+            },
+            {
+                "fullUrl": "http://host/fhir/Observation/o1",
+                "resource": obs("o1", "http://host/fhir/Patient/url-id"),
+            },
+        ),
+    )
+    [observation] = collect(FolderSource(tmp_path), "Observation")
+    assert observation["subject"] == {"reference": "Patient/real-id"}
+
+
+@pytest.mark.parametrize(
+    ("full_url", "expected"),
+    [
+        ("urn:uuid:6b1d1c3e-0000-4000-8000-000000000001", "6b1d1c3e-0000-4000-8000-000000000001"),
+        ("urn:oid:1.2.840.1", "1.2.840.1"),
+        ("http://host/fhir/Patient/7", "7"),
+        ("http://host/fhir/Patient/7/_history/2", "7"),
+    ],
+)
+def test_an_entry_without_id_takes_it_from_its_full_url(
+    tmp_path: Path, full_url: str, expected: str
+) -> None:
+    """Transaction entries to be created often carry no id; the fullUrl stands in for it."""
+    write_json(
+        tmp_path / "b.json",
+        bundle(
+            "transaction",
+            {"fullUrl": full_url, "resource": {"resourceType": "Patient"}},
+            {"resource": obs("o1", full_url)},
+        ),
+    )
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Patient")) == [expected]
+    assert collect(source, "Observation")[0]["subject"] == {"reference": f"Patient/{expected}"}
+    assert ids(collect(source, "Observation", {expected})) == ["o1"]
+
+
+def test_a_single_resource_json_file_is_read_for_its_type(tmp_path: Path) -> None:
+    """One resource a file, as in the HL7 examples."""
+    write_json(tmp_path / "Patient-example.json", {"resourceType": "Patient", "id": "example"})
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Patient")) == ["example"]
+    assert collect(source, "Observation") == []
+
+
+def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A package.json beside the examples is no error, but it is counted."""
+    write_json(tmp_path / "package.json", {"name": "hl7.fhir.r4.examples"})
+    write_json(tmp_path / "list.json", [{"resourceType": "Patient", "id": "p1"}])
+    source = FolderSource(tmp_path)
+    assert collect(source, "Patient") == []
+    assert source.skipped == {
+        "list.json: not a FHIR resource": 1,
+        "package.json: not a FHIR resource": 1,
+    }
+
+
+def test_a_malformed_json_file_fails_with_file_and_line(tmp_path: Path) -> None:
+    """A broken Bundle file stops the sweep, naming the file and line."""
+    (tmp_path / "b.json").write_text('{\n  "resourceType": "Bundle",\n  "entry": [\n  ,]\n}\n')
+    with pytest.raises(SourcePathError, match=r"b\.json:4: not valid JSON"):
+        collect(FolderSource(tmp_path), "Patient")
+
+
+# --- filtering ----------------------------------------------------------------------------------
+
+
+def patient_linked(tmp_path: Path, storage: str) -> FolderSource:
+    """Observations of p1, p2 and nobody, written as NDJSON, gzipped NDJSON or a Bundle."""
+    resources = [
+        obs("plain", "p1"),
+        obs("absolute", "http://host/fhir/Patient/p1/_history/3"),
+        obs("other", "p2"),
+        obs("mentions-p1-elsewhere", "p2", performer=[{"reference": "Patient/p1"}]),
+        obs("group", "Group/p1"),
+        obs("no-subject", None),
+        obs("weird", "Patient/weird id"),
+        {
+            "resourceType": "Observation",
+            "id": "patient-key",
+            "patient": {"reference": "Patient/p1"},
+        },
+    ]
+    if storage == "bundle":
+        write_json(tmp_path / "b.json", bundle("collection", *({"resource": r} for r in resources)))
+    else:
+        write_ndjson(tmp_path / f"Observation.{storage}", *resources)
+        # JSON escapes a bytes search could miss: `\/` and `\u0050` (P).
+        with (tmp_path / "Observation.zz.ndjson").open("wb") as extra:
+            extra.write(b'{"resourceType":"Observation","id":"escaped-slash",')
+            extra.write(b'"subject":{"reference":"Patient\\/p1"}}\n')
+            extra.write(b'{"resourceType":"Observation","id":"escaped-u",')
+            extra.write(b'"subject":{"reference":"\\u0050atient/p1"}}\n')
+    return FolderSource(tmp_path)
+
+
+ESCAPED = ["escaped-slash", "escaped-u"]
+
+
+@pytest.mark.parametrize("storage", ["ndjson", "ndjson.gz", "bundle"])
+@pytest.mark.parametrize(
+    ("patients", "expected"),
+    [
+        ({"p1"}, ["plain", "absolute", "patient-key"]),
+        ({"p2"}, ["other", "mentions-p1-elsewhere"]),
+        ({"p1", "p2"}, ["plain", "absolute", "other", "mentions-p1-elsewhere", "patient-key"]),
+        ({"nobody"}, []),
+        (set(), []),
+        # Not a FHIR id: the bytes pre-check is off, the parse still finds it.
+        ({"weird id"}, ["weird"]),
+    ],
+)
+def test_only_the_wanted_patients_resources_come_back(
+    tmp_path: Path, storage: str, patients: set[str], expected: list[str]
+) -> None:
+    """Subject or patient, relative or absolute; never a mere mention or a Group."""
+    found = ids(collect(patient_linked(tmp_path, storage), "Observation", patients))
+    escaped = ESCAPED if "p1" in patients and storage != "bundle" else []
+    assert found == expected + escaped
+
+
+def test_no_patient_filter_gives_every_resource(tmp_path: Path) -> None:
+    """patients=None means every patient, and resources of none."""
+    found = collect(patient_linked(tmp_path, "ndjson"), "Observation")
+    assert len(found) == 8 + len(ESCAPED)
+
+
+@pytest.mark.parametrize("name", ["Patient.ndjson", "Patient.000.ndjson.gz"])
+def test_patients_match_by_their_own_id(tmp_path: Path, name: str) -> None:
+    """A Patient belongs to itself."""
+    write_ndjson(
+        tmp_path / name,
+        *({"resourceType": "Patient", "id": pid} for pid in ["p1", "p2", "p3"]),
+    )
+    assert ids(collect(FolderSource(tmp_path), "Patient", {"p1", "p3"})) == ["p1", "p3"]
+
+
+def test_codes_are_not_filtered_here(tmp_path: Path) -> None:
+    """The sweep re-checks codes on the client, so a folder returns every code."""
+    write_ndjson(tmp_path / "Observation.ndjson", obs("o1"), obs("o2"))
+    codes = frozenset({Coding("http://loinc.org", "718-7")})
+    assert ids(collect(FolderSource(tmp_path), "Observation", codes=codes)) == ["o1", "o2"]
+
+
+# --- the event loop -----------------------------------------------------------------------------
+
+
+def test_a_long_file_gives_the_event_loop_turns(tmp_path: Path) -> None:
+    """Reading is CPU work in the loop's thread; other tasks still run during a big file."""
+    write_ndjson(tmp_path / "Observation.ndjson", *(obs(f"o{i}") for i in range(5000)))
+
+    async def main() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        async for _ in FolderSource(tmp_path).fetch(Query("Observation")):
+            pass
+        task.cancel()
+        return ticks - before
+
+    assert asyncio.run(main()) >= 4
+
+
+def test_aclose_ends_an_unfinished_fetch(tmp_path: Path) -> None:
+    """A caller that stops early can still release the open file."""
+    write_ndjson(tmp_path / "Observation.ndjson.gz", *(obs(f"o{i}") for i in range(3000)))
+
+    async def main() -> tuple[Resource, list[Resource]]:
+        source = FolderSource(tmp_path)
+        fetch = source.fetch(Query("Observation"))
+        first = await anext(fetch)
+        await source.aclose()
+        return first, [r async for r in fetch]
+
+    first, rest = asyncio.run(main())
+    assert first["id"] == "o0"
+    assert rest == []
+
+
+# --- the shared data ----------------------------------------------------------------------------
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("folder", "resource_type", "count"),
+    [
+        ("synthea-r4-100", "Patient", 100),
+        ("synthea-r4-615", "Condition", 4546),
+        ("hl7-examples", "Patient", 22),
+        ("hl7-examples", "Observation", 64),
+        ("bulk-export-10", "Patient", 13),
+        ("bulk-export-1000-patients-only", "Patient", 1144),
+    ],
+)
+def test_the_shared_data_reads_in_full(
+    shared_data: Path, folder: str, resource_type: str, count: int
+) -> None:
+    """Every resource of the shared exports comes back, once (hl7-examples/ndjson/ is not read)."""
+    source = FolderSource(shared_data / folder)
+    found = collect(source, resource_type)
+    assert len(found) == count
+    assert len(set(ids(found))) == count
+    assert {r["resourceType"] for r in found} == {resource_type}
+
+
+@pytest.mark.data
+def test_the_hl7_examples_package_json_is_counted_as_skipped(shared_data: Path) -> None:
+    """The examples folder holds one JSON file that is not FHIR."""
+    source = FolderSource(shared_data / "hl7-examples")
+    collect(source, "Patient")
+    assert source.skipped == {"package.json: not a FHIR resource": 1}
+
+
+@pytest.mark.data
+def test_the_bytes_pre_check_agrees_with_a_full_parse_on_synthea(shared_data: Path) -> None:
+    """Filtering by patient gives exactly what parsing every line and filtering after gives."""
+    source = FolderSource(shared_data / "synthea-r4-100")
+    patients = set(ids(collect(source, "Patient"))[::20])
+    everything = collect(source, "Observation")
+    expected = [r["id"] for r in everything if patient_id_of(r) in patients]
+    assert len(expected) > 100
+    assert ids(collect(source, "Observation", patients)) == expected
