@@ -266,7 +266,11 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
                 (*loc, "kind"),
                 f"unknown criterion kind '{kind}' (known: {', '.join(sorted(models))})",
             )
-        criterion = mapfiles.validate(models[kind], raw, path, _sub(lines, loc))
+        try:
+            criterion = mapfiles.validate(models[kind], raw, path, _sub(lines, loc))
+        except MappingError as exc:
+            field = ".".join(map(str, loc)) + (f".{exc.field}" if exc.field else "")
+            raise MappingError(str(path), exc.reason, line=exc.line, field=field) from None
         if criterion.id in seen:
             raise fail((*loc, "id"), f"criterion id '{criterion.id}' is used twice")
         seen.add(criterion.id)
