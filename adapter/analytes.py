@@ -21,3 +21,7 @@ class Analyte:
     iu_as_u: bool
     #: code -> the molar mass of what that code measures when it is not the analyte itself
     codes: dict[Coding, float | None]
+    #: the unit a value with no unit at all is taken in (blood pressure components: mm[Hg])
+    unit_if_missing: str | None = None
+    #: answers that identify this analyte whatever the Observation's code (NYHA class)
+    value_codes: frozenset[Coding] = frozenset()

@@ -69,8 +69,10 @@ class AnalyteModel(_Strict):
     molar_mass: float | None = Field(default=None, gt=0)
     default_uln: float | None = Field(default=None, gt=0)
     iu_as_u: bool = False
+    unit_if_missing: str | None = None
     codes: dict[str, list[str]]
     coded_as: list[CodedAs] = []
+    value_codes: dict[str, list[str]] = {}
 
 
 class AnalytesFile(_Strict):
@@ -221,6 +223,18 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
     for a_name, a_model, file, base in all_analytes:
         if not units.is_valid(a_model.unit):
             raise fail((*base, "unit"), f"'{a_model.unit}' is not a UCUM unit", file)
+        if a_model.unit_if_missing is not None and not units.compatible(
+            a_model.unit_if_missing, a_model.unit, molar_mass=a_model.molar_mass
+        ):
+            raise fail(
+                (*base, "unit_if_missing"),
+                f"'{a_model.unit_if_missing}' does not convert to '{a_model.unit}'",
+                file,
+            )
+        value_codes: set[Coding] = set()
+        for alias, code_list in a_model.value_codes.items():
+            system = resolve_system(alias, (*base, "value_codes", alias), file)
+            value_codes.update(Coding(url, str(c)) for url in system.urls for c in code_list)
         codes: dict[Coding, float | None] = {}
         for alias, code_list in a_model.codes.items():
             system = resolve_system(alias, (*base, "codes", alias), file)
@@ -237,6 +251,8 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             a_model.default_uln,
             a_model.iu_as_u,
             codes,
+            a_model.unit_if_missing,
+            frozenset(value_codes),
         )
     for i, lc in enumerate(local.local_codes):
         if lc.analyte not in analytes:

@@ -149,10 +149,13 @@ class FactBuilder:
         self._analytes = analytes
         self._units = units
         self._index: dict[Coding, list[tuple[Analyte, float | None]]] = {}
+        self._by_value: dict[Coding, list[Analyte]] = {}
         for name in sorted(needed):
             analyte = analytes[name]
             for coding, molar_mass in analyte.codes.items():
                 self._index.setdefault(coding, []).append((analyte, molar_mass))
+            for coding in analyte.value_codes:
+                self._by_value.setdefault(coding, []).append(analyte)
 
     def wants(self, codes: tuple[Coding, ...]) -> bool:
         return any(c in self._index for c in codes)
@@ -167,33 +170,45 @@ class FactBuilder:
         out: list[LabValue] = []
         parts: list[Json] = [res]
         parts.extend(c for c in res.get("component") or () if isinstance(c, Mapping))
-        ranges_src = res.get("referenceRange")
         for part in parts:
-            for coding in codings(part.get("code")):
-                for analyte, code_mass in self._index.get(coding, ()):
-                    recorded, normalised, problem = self._value(part, analyte, code_mass)
-                    ranges = (
-                        self._ranges(ranges_src, recorded, analyte, code_mass)
-                        if part is res
-                        else self._ranges(part.get("referenceRange"), recorded, analyte, code_mass)
+            if part is res and len(parts) > 1 and not _has_value(part):
+                continue  # a panel: its components carry the values
+            matches = self._matches(part)
+            part_ranges = part.get("referenceRange")
+            for coding, analyte, code_mass in matches:
+                recorded, normalised, problem = self._value(part, analyte, code_mass)
+                out.append(
+                    LabValue(
+                        analyte=analyte.id,
+                        reference=ref,
+                        code=coding,
+                        status=status,
+                        date=when,
+                        recorded=recorded,
+                        normalised=normalised,
+                        problem=problem,
+                        version=version,
+                        reference_ranges=self._ranges(part_ranges, recorded, analyte, code_mass),
+                        value_codes=codings(part.get("valueCodeableConcept")),
                     )
-                    out.append(
-                        LabValue(
-                            analyte=analyte.id,
-                            reference=ref,
-                            code=coding,
-                            status=status,
-                            date=when,
-                            recorded=recorded,
-                            normalised=normalised,
-                            problem=problem,
-                            version=version,
-                            reference_ranges=ranges,
-                            value_codes=codings(part.get("valueCodeableConcept")),
-                        )
-                    )
-                if self._index.get(coding):
-                    break  # one coding of a part is enough; others are translations
+                )
+        return out
+
+    def _matches(self, part: Json) -> list[tuple[Coding, Analyte, float | None]]:
+        """(code, analyte, code molar mass) for each needed analyte this part measures."""
+        out: list[tuple[Coding, Analyte, float | None]] = []
+        seen: set[str] = set()
+        for coding in codings(part.get("code")):
+            for analyte, code_mass in self._index.get(coding, ()):
+                if analyte.id not in seen:  # other codings of the part are translations
+                    seen.add(analyte.id)
+                    out.append((coding, analyte, code_mass))
+        if self._by_value:
+            for coding in codings(part.get("valueCodeableConcept")):
+                for analyte in self._by_value.get(coding, ()):
+                    if analyte.id not in seen:
+                        seen.add(analyte.id)
+                        out.append((coding, analyte, None))
         return out
 
     def _value(
@@ -220,6 +235,13 @@ class FactBuilder:
         )
         if value is None:
             return recorded, None, "valueQuantity has no number"
+        if recorded.unit is None and recorded.code is None and analyte.unit_if_missing:
+            # trial-spec: a blood pressure component with a value but no unit is mm[Hg].
+            assumed = Recorded(value, None, analyte.unit_if_missing, comparator, UCUM)
+            result = self._normalise(value, assumed, analyte, code_mass)
+            if isinstance(result, Normalised):
+                note = f"no unit; taken as {analyte.unit_if_missing}"
+                return recorded, Normalised(result.value, result.unit, comparator, note), None
         result = self._normalise(value, recorded, analyte, code_mass)
         if isinstance(result, Unconvertible):
             return recorded, None, result.reason
@@ -315,6 +337,10 @@ class FactBuilder:
                 )
             )
         return tuple(out)
+
+
+def _has_value(part: Json) -> bool:
+    return any(key.startswith("value") for key in part)
 
 
 def _years(q: object) -> float | None:
