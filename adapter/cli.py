@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from adapter import __version__
 from adapter.criteria.results import Status
 from adapter.errors import AdapterError, ExitCode, FhirError, TransportError, UsageError
 from adapter.fhir.client import FhirClient
-from adapter.report.results import results_json, unknown_summary, write_reports
+from adapter.report.explain import explain_table
+from adapter.report.results import results_json, unknown_summary, verdict_json, write_reports
 from adapter.sinks.folder import FolderSink
 from adapter.sinks.resources import StudyInfo, research_study, research_subject
 from adapter.sinks.server import ServerSink, WriteOutcome
@@ -83,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for a server answer (default 60)",
     )
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
+
+    explain = sub.add_parser("explain", help="print the criterion table of one patient")
+    explain.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
+    explain.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    explain.add_argument("--patient", required=True, help="Patient id (or Patient/<id>)")
+    explain.add_argument("--as-of", type=_as_of, help="evaluation day (default today)")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    explain.add_argument("--mappings", type=Path, help="mappings folder (default: bundled)")
+    explain.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    explain.set_defaults(batch_size=1, page_size=200, quiet=True)
     return parser
 
 
@@ -95,17 +107,42 @@ def _http(timeout: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
 
 
+def _source(args: argparse.Namespace, http: httpx.AsyncClient) -> Source:
+    if _is_url(args.source):
+        return RestSource(
+            FhirClient(http, args.source), batch_size=args.batch_size, page_size=args.page_size
+        )
+    return FolderSource(Path(args.source))
+
+
+async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
+    pid = args.patient.removeprefix("Patient/")
+    async with _http(args.timeout) as http:
+        source = _source(args, http)
+        try:
+            result = await run_sweep(trial, source, as_of, only=frozenset({pid}))
+        finally:
+            await source.aclose()
+    if result.errors:
+        raise UsageError(f"patient not found in the source: {result.errors[0].reason}")
+    (verdict,) = result.verdicts
+    if args.json:
+        doc = verdict_json(verdict) | {
+            "trial": trial.id,
+            "as_of": as_of.isoformat(),
+            "in_cohort": not result.outside_cohort,
+        }
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(explain_table(verdict, trial.id, as_of, in_cohort=not result.outside_cohort))
+    return ExitCode.OK
+
+
 async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
     say = (lambda _m: None) if args.quiet else (lambda m: log.info("%s", m))
     out_dir: Path = args.out or Path("out") / trial.id / as_of.isoformat()
     async with _http(args.timeout) as http:
-        source: Source
-        if _is_url(args.source):
-            source = RestSource(
-                FhirClient(http, args.source), batch_size=args.batch_size, page_size=args.page_size
-            )
-        else:
-            source = FolderSource(Path(args.source))
+        source = _source(args, http)
         try:
             result = await run_sweep(trial, source, as_of, progress=say)
         finally:
@@ -201,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)
         as_of = args.as_of or date.today()
         trial = load_trial(args.trial, args.mappings)
-        code = asyncio.run(_sweep(args, trial, as_of))
+        command = _explain if args.command == "explain" else _sweep
+        code = asyncio.run(command(args, trial, as_of))
     except AdapterError as exc:
         print(f"trial-adapter: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

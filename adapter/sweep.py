@@ -40,6 +40,7 @@ class SweepResult:
     #: resources read per type, and Observations used / skipped / unusable (with reasons)
     stats: Counter[str] = field(default_factory=Counter)
     unusable: Counter[str] = field(default_factory=Counter)
+    outside_cohort: list[str] = field(default_factory=list)
 
 
 async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[str]) -> set[str]:
@@ -67,13 +68,22 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
 
 
 async def run_sweep(
-    trial: Trial, source: Source, as_of: date, *, progress: Progress | None = None
+    trial: Trial,
+    source: Source,
+    as_of: date,
+    *,
+    progress: Progress | None = None,
+    only: frozenset[str] | None = None,
 ) -> SweepResult:
-    """Read the cohort and what the criteria need from `source`; evaluate every patient."""
+    """Read the cohort and what the criteria need from `source`; evaluate every patient.
+
+    `only` names Patient ids to evaluate instead of the cohort (for `explain`): they are evaluated
+    whether or not they are in the cohort, and `SweepResult.outside_cohort` lists those who are not.
+    """
     say = progress or (lambda _msg: None)
     result = SweepResult(trial, as_of)
     stats = result.stats
-    ids = await cohort_ids(trial, source, as_of, stats)
+    ids = set(only) if only is not None else await cohort_ids(trial, source, as_of, stats)
     say(f"cohort: {len(ids)} patients")
     if not ids:
         return result
@@ -136,6 +146,8 @@ async def run_sweep(
             conditions=tuple(conditions.get(pid, ())),
             procedures=tuple(procedures.get(pid, ())),
         )
+        if only is not None and not in_cohort(facts, trial.cohort, as_of):
+            result.outside_cohort.append(reference)
         try:
             verdict = evaluate_patient(
                 facts,

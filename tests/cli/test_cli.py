@@ -201,3 +201,66 @@ def test_real_third_party_data_sweeps_without_error(tmp_path, capsys, shared_dat
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["patients"] == []
     assert doc["counts"] == {"candidate": 0, "potential-candidate": 0, "ineligible": 0}
+
+
+def test_explain_prints_the_criterion_table_of_one_patient(capsys):
+    """explain: one row per criterion with result, value, unit, date, threshold, reason."""
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--trial",
+        TRIAL,
+        "--source",
+        str(DEMO),
+        "--patient",
+        "Patient/demo-03",
+        "--as-of",
+        "2026-06-15",
+    )
+    assert code == 0
+    head, _, header, *rows = out.splitlines()
+    assert head.startswith("Patient/demo-03: ")
+    assert header.split() == ["criterion", "result", "value", "unit", "date", "threshold", "reason"]
+    bili = next(r for r in rows if r.startswith("bilirubin_total "))
+    assert "met" in bili.split()
+    assert "mg/dL" in bili
+
+
+def test_explain_json_says_when_the_patient_is_outside_the_cohort(capsys):
+    """explain --json: the verdict as JSON, and in_cohort false for a non-HCC patient."""
+    code, out, _ = run(
+        capsys,
+        "explain",
+        "--trial",
+        TRIAL,
+        "--source",
+        str(DEMO),
+        "--patient",
+        "demo-54",
+        "--as-of",
+        "2026-06-15",
+        "--json",
+    )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["patient"] == "Patient/demo-54"
+    assert doc["in_cohort"] is False
+    assert doc["criteria"]["hcc_diagnosis"]["result"] == "not_met"
+
+
+def test_explain_an_unknown_patient_exits_2(capsys):
+    """A patient id that is not in the source is a usage error."""
+    code, _, err = run(
+        capsys,
+        "explain",
+        "--trial",
+        TRIAL,
+        "--source",
+        str(DEMO),
+        "--patient",
+        "nobody",
+        "--as-of",
+        "2026-06-15",
+    )
+    assert code == 2
+    assert "nobody" not in err
