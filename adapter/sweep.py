@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from adapter.criteria.evaluate import evaluate_patient, in_cohort
+from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
 from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
@@ -41,6 +42,21 @@ class SweepResult:
     stats: Counter[str] = field(default_factory=Counter)
     unusable: Counter[str] = field(default_factory=Counter)
     outside_cohort: list[str] = field(default_factory=list)
+
+
+def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
+    """Why no value of an Observation can be used, or None when one can (for the accounting)."""
+    first = values[0]
+    if first.status not in USABLE_STATUSES:
+        return f"status {first.status}"
+    if first.date is None:
+        return "no usable date"
+    if first.date.first_day > as_of:
+        return "dated after as-of"
+    if all(v.normalised is None and not v.value_codes for v in values):
+        # Reasons hold unit text and codes, never values.
+        return next((v.problem for v in values if v.problem), "no usable value")
+    return None
 
 
 async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[str]) -> set[str]:
@@ -119,15 +135,18 @@ async def run_sweep(
         stats["Observation"] += 1
         pid = patient_id_of(res)
         if pid not in wanted:
+            stats["observations_other_patients"] += 1
             continue
         values = builder.observation(res)
         if not values:
-            stats["observations_skipped"] += 1
+            stats["observations_skipped_code_not_needed"] += 1
             continue
-        stats["observations_used"] += 1
-        for value in values:
-            if value.problem is not None:
-                result.unusable[value.problem] += 1
+        problem = unusable_reason(values, as_of)
+        if problem is None:
+            stats["observations_used"] += 1
+        else:
+            stats["observations_unusable"] += 1
+            result.unusable[problem] += 1
         labs[pid].extend(values)
     say(f"observations read: {stats['Observation']}")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapter.criteria.context import Context
 from adapter.criteria.labs import compare, fmt, lab_evidence, latest_lab
-from adapter.criteria.results import CriterionResult, Evidence, Result
+from adapter.criteria.results import CriterionResult, Evidence, Result, all_of
 
 if TYPE_CHECKING:
     from adapter.analytes import Analyte
@@ -243,6 +243,41 @@ class LabThreshold(Criterion):
         return CriterionResult(result, reason, ev)
 
 
+class LabRange(LabThreshold):
+    """The latest usable value of `analyte` in the window within low..high, both inclusive."""
+
+    kind: Literal["lab_range"]  # type: ignore[assignment]
+    op: Op = ">="
+    value: float = 0.0
+    low: float
+    high: float
+
+    def check(
+        self, codesets: Mapping[str, CodeSet], analytes: Mapping[str, Analyte], units: Units
+    ) -> Problem:
+        if self.low > self.high:
+            return ("low", "low is above high")
+        return super().check(codesets, analytes, units)
+
+    def evaluate(self, ctx: Context) -> CriterionResult:
+        pick = latest_lab(ctx, self.analyte, self.window_days)
+        threshold = f"{fmt(self.low)} to {fmt(self.high)} {self.unit}"
+        if pick.lab is None:
+            return CriterionResult(Result.UNKNOWN, pick.problem or "no value")
+        ev = (lab_evidence(pick.lab, ctx.as_of, threshold=threshold),)
+        norm = pick.lab.normalised
+        if pick.problem is not None or norm is None:
+            return CriterionResult(Result.UNKNOWN, pick.problem or "no usable value", ev)
+        result = all_of([compare(norm, ">=", self.low), compare(norm, "<=", self.high)])
+        shown = f"{norm.comparator or ''}{fmt(norm.value)} {norm.unit}"
+        reasons = {
+            Result.MET: f"{shown} is within {threshold}",
+            Result.NOT_MET: f"{shown} is outside {threshold}",
+            Result.UNKNOWN: f"{shown} may be inside or outside {threshold}",
+        }
+        return CriterionResult(result, reasons[result], ev)
+
+
 KINDS: tuple[type[Criterion], ...] = (
     NotImplementedCriterion,
     Alive,
@@ -250,6 +285,7 @@ KINDS: tuple[type[Criterion], ...] = (
     Diagnosis,
     ConditionAbsent,
     LabThreshold,
+    LabRange,
 )
 
 

@@ -63,7 +63,7 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "errors": [{"patient": e.patient, "reason": e.reason} for e in sweep.errors],
         "stats": {
             "read": dict(sorted(sweep.stats.items())),
-            "unusable_values": dict(sorted(sweep.unusable.items())),
+            "unusable_observations": dict(sorted(sweep.unusable.items())),
         },
     }
     if extra:

@@ -60,13 +60,15 @@ class FolderSource:
     """NDJSON and JSON files at the top of one folder (see the module docstring).
 
     `yielded` counts resources handed out per type; `skipped` counts lines and Bundle entries left
-    out, per file and reason. Both add up over every `fetch`.
+    out, per file and reason; `other_patients` counts, per type, the NDJSON lines left out because
+    they belong to patients the query did not ask for. All add up over every `fetch`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.yielded: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
+        self.other_patients: Counter[str] = Counter()
         self._files = _list_files(path)
         self._running: set[_Stream] = set()
 
@@ -112,6 +114,7 @@ class FolderSource:
             if line.isspace() or not line:
                 continue
             if prefilter is not None and not _may_belong(line, prefilter):
+                self.other_patients[resource_type] += 1
                 continue
             resource = _parse_line(line, path, number)
             if resource.get("resourceType") != resource_type:
@@ -119,6 +122,8 @@ class FolderSource:
                 continue
             if wanted is None or patient_id_of(resource) in wanted:
                 yield resource
+            else:
+                self.other_patients[resource_type] += 1
 
     def _read_json(self, path: Path, query: Query) -> list[Resource]:
         document = _parse_document(path)
