@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: help demo test lint bench clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   - sweep the bundled demo population and print the summary"
 	@echo "make test   - run the whole test suite (unit, golden, integration)"
 	@echo "make lint   - ruff and mypy --strict"
+	@echo "make bench  - benchmarks over the shared Synthea data"
 
 # The venv is rebuilt when pyproject.toml changes (a stale venv is as bad as none).
 $(STAMP): pyproject.toml
@@ -25,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_sweep.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check adapter tests

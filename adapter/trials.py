@@ -254,8 +254,15 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             a_model.unit_if_missing,
             frozenset(value_codes),
         )
+    other_trials: set[str] | None = None
     for i, lc in enumerate(local.local_codes):
         if lc.analyte not in analytes:
+            # local-codes.yaml is shared by every trial: a code for an analyte that only another
+            # trial defines is that trial's business; one that no file defines is a mistake.
+            if other_trials is None:
+                other_trials = _analytes_of_other_trials(mdir)
+            if lc.analyte in other_trials:
+                continue
             raise MappingError(
                 str(local_path), f"unknown analyte '{lc.analyte}'", field=f"local_codes.{i}.analyte"
             )
@@ -314,6 +321,16 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         source_file=path,
         content_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
     )
+
+
+def _analytes_of_other_trials(mdir: Path) -> set[str]:
+    """Analyte names that trial files in `mdir/trials` define for themselves."""
+    names: set[str] = set()
+    for path in sorted((mdir / "trials").glob("*.yaml")):
+        data, _ = mapfiles.read_yaml(path)
+        if isinstance(data, dict) and isinstance(data.get("analytes"), dict):
+            names.update(str(k) for k in data["analytes"])
+    return names
 
 
 def _sub(lines: dict[mapfiles.Loc, int], prefix: mapfiles.Loc) -> dict[mapfiles.Loc, int]:

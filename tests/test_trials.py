@@ -149,3 +149,13 @@ def test_an_unknown_trial_lists_the_known_ones():
     """A typo in --trial says which trials exist."""
     with pytest.raises(MappingError, match=TRIAL):
         load_trial("hcc")
+
+
+def test_a_local_code_for_an_analyte_no_file_defines_fails_at_load(tmp_path):
+    """local-codes.yaml: an analyte that neither analytes.yaml nor any trial defines is a typo."""
+    mdir = tmp_path / "mappings"
+    shutil.copytree(default_mappings_dir(), mdir)
+    with (mdir / "local-codes.yaml").open("a") as fh:
+        fh.write("  - {system: example-site-lab, code: X, analyte: haemoglobin}\n")
+    with pytest.raises(MappingError, match="unknown analyte 'haemoglobin'"):
+        load_trial(TRIAL, mdir)
