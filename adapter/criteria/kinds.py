@@ -290,9 +290,12 @@ KINDS: tuple[type[Criterion], ...] = (
 
 
 def criterion_models() -> dict[str, type[Criterion]]:
-    """kind name -> model class."""
+    """kind name -> model class, for every kind of every module."""
+    # Imported here: these modules import this one for Criterion.
+    from adapter.criteria import child_pugh, coagulation, derived, uln
+
     out: dict[str, type[Criterion]] = {}
-    for cls in KINDS:
+    for cls in (*KINDS, *uln.KINDS, *derived.KINDS, *coagulation.KINDS, *child_pugh.KINDS):
         annotation = cls.model_fields["kind"].annotation
         (name,) = annotation.__args__  # type: ignore[union-attr]
         out[str(name)] = cls
