@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/trial-adapter sweep --trial hcc-ablation-lenvatinib-pd1 --source fixtures/demo \
 		--as-of 2026-06-15 --out out/demo
 
+# Starts the local FHIR server the integration tests need, runs the suite, stops the server.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	bash tools/run-tests.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_sweep.py
@@ -36,4 +37,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-fhir .fhir-server out .pytest_cache .mypy_cache .ruff_cache

@@ -232,6 +232,9 @@ def _print_summary(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn every error into a one-line message and an exit code."""
     logging.basicConfig(level=logging.INFO, format="trial-adapter: %(message)s", stream=sys.stderr)
+    # httpx logs every request URL at INFO, and search URLs carry patient ids (`patient=...`).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         args = build_parser().parse_args(argv)
         if args.quiet:
