@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -18,7 +18,7 @@ from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
 from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
-from adapter.sources.base import Query, Source, patient_id_of
+from adapter.sources.base import Query, Resource, Source, patient_id_of
 from adapter.trials import Trial
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,13 @@ def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
         # Reasons hold unit text and codes, never values.
         return next((v.problem for v in values if v.problem), "no usable value")
     return None
+
+
+async def _fetch_if(needed: bool, source: Source, query: Query) -> AsyncIterator[Resource]:
+    """Fetch only what some criterion reads (trial-spec: fetch only what the criteria need)."""
+    if needed:
+        async for res in source.fetch(query):
+            yield res
 
 
 async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[str]) -> set[str]:
@@ -113,15 +120,16 @@ async def run_sweep(
             patients[pid] = patient_info(res)
     say(f"patients read: {len(patients)}")
 
+    reads = trial.reads()
     conditions: dict[str, list[ConditionFact]] = defaultdict(list)
-    async for res in source.fetch(Query("Condition", patients=wanted)):
+    async for res in _fetch_if("Condition" in reads, source, Query("Condition", patients=wanted)):
         stats["Condition"] += 1
         pid = patient_id_of(res)
         if pid in wanted:
             conditions[pid].append(condition_fact(res))
 
     procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
-    async for res in source.fetch(Query("Procedure", patients=wanted)):
+    async for res in _fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
         stats["Procedure"] += 1
         pid = patient_id_of(res)
         if pid in wanted:
@@ -129,9 +137,8 @@ async def run_sweep(
 
     builder = FactBuilder(trial.analytes, trial.units, trial.needed_analytes())
     labs: dict[str, list[LabValue]] = defaultdict(list)
-    async for res in source.fetch(
-        Query("Observation", codes=trial.observation_codes(), patients=wanted)
-    ):
+    observations = Query("Observation", codes=trial.observation_codes(), patients=wanted)
+    async for res in _fetch_if("Observation" in reads, source, observations):
         stats["Observation"] += 1
         pid = patient_id_of(res)
         if pid not in wanted:

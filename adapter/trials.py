@@ -144,6 +144,10 @@ class Trial:
             needed.update(c.analytes())
         return frozenset(needed)
 
+    def reads(self) -> frozenset[str]:
+        """Resource types the criteria read besides Patient."""
+        return frozenset(t for c in self.criteria for t in c.reads())
+
     def observation_codes(self) -> frozenset[Coding]:
         """The exact Observation codes the criteria need (for the server query)."""
         return frozenset(code for a in self.needed_analytes() for code in self.analytes[a].codes)

@@ -99,7 +99,7 @@ def _line_of(path: Path, needle: str) -> int:
             "unknown analyte 'haemoglobin'",
         ),
         ("unit: g/dL\n", "unit: mmol/L\n", "mmol/L", "not the analyte's canonical unit"),
-        ("window_days: 30\n", "window_days: -3\n", "-3", "greater than 0"),
+        ("window_days: 30\n", "window_days: -3\n", "window_days: -3", "greater than 0"),
         (
             "codeset: extrahepatic_metastasis\n",
             "codeset: metastasis\n",

@@ -220,6 +220,9 @@ class _Combination(Criterion):
     def analytes(self) -> frozenset[str]:
         return frozenset().union(*(part.analytes() for part in self.of))
 
+    def reads(self) -> frozenset[str]:
+        return frozenset().union(*(part.reads() for part in self.of))
+
     def codesets(self) -> frozenset[str]:
         return frozenset().union(*(part.codesets() for part in self.of))
 

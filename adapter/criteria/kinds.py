@@ -9,6 +9,7 @@ the mappings, so a bad trial fails at start) and `evaluate(ctx)` (pure: facts in
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Literal
@@ -42,6 +43,15 @@ class Criterion(BaseModel):
 
     def codesets(self) -> frozenset[str]:
         return frozenset()
+
+    def reads(self) -> frozenset[str]:
+        """Resource types this criterion reads besides Patient (the sweep fetches only these)."""
+        types = set()
+        if self.analytes():
+            types.add("Observation")
+        if self.codesets():
+            types.add("Condition")
+        return frozenset(types)
 
     def check(
         self, codesets: Mapping[str, CodeSet], analytes: Mapping[str, Analyte], units: Units
@@ -292,11 +302,19 @@ KINDS: tuple[type[Criterion], ...] = (
 def criterion_models() -> dict[str, type[Criterion]]:
     """kind name -> model class, for every kind of every module."""
     # Imported here: these modules import this one for Criterion.
-    from adapter.criteria import child_pugh, coagulation, derived, uln
+    from adapter.criteria import (
+        child_pugh,
+        clinical,
+        coagulation,
+        derived,
+        history,
+        observed,
+        uln,
+    )
 
+    modules = (uln, derived, coagulation, child_pugh, history, clinical, observed)
     out: dict[str, type[Criterion]] = {}
-    for cls in (*KINDS, *uln.KINDS, *derived.KINDS, *coagulation.KINDS, *child_pugh.KINDS):
-        annotation = cls.model_fields["kind"].annotation
-        (name,) = annotation.__args__  # type: ignore[union-attr]
+    for cls in (*KINDS, *(k for m in modules for k in m.KINDS)):
+        (name,) = typing.get_args(cls.model_fields["kind"].annotation)
         out[str(name)] = cls
     return out

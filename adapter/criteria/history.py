@@ -1,0 +1,279 @@
+"""History criteria: early recurrence after a radical treatment, and a condition-or-procedure
+exclusion (organ transplant); with the evidence helpers for Conditions and Procedures.
+
+Dates are spans of calendar days (a partial `2025-03` spans March); every comparison is made on
+the whole span, and one that could go either way gives unknown (trial-spec: "unknown: ... an
+ambiguous date").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from adapter.criteria.context import Context
+from adapter.criteria.kinds import Criterion, Problem
+from adapter.criteria.results import CriterionResult, Evidence, Result
+from adapter.facts.dates import FhirDate
+from adapter.facts.model import ConditionFact, ProcedureFact
+
+if TYPE_CHECKING:
+    from adapter.analytes import Analyte
+    from adapter.codes import CodeSet
+    from adapter.facts.units import Units
+
+#: Procedure.status values that are not a procedure that happened (planned, refused, mistaken)
+NOT_PERFORMED = frozenset({"preparation", "not-done", "entered-in-error"})
+
+
+def condition_date(cond: ConditionFact) -> FhirDate | None:
+    """onsetDateTime, else onsetPeriod.start (both in `onset`), else recordedDate."""
+    return cond.onset or cond.recorded_date
+
+
+def condition_evidence(
+    ctx: Context,
+    cond: ConditionFact,
+    codeset: str,
+    *,
+    note: str | None = None,
+    threshold: str | None = None,
+) -> Evidence:
+    coding = ctx.codesets[codeset].matches_any(cond.codes)
+    when = condition_date(cond)
+    status = f"clinicalStatus {cond.clinical_status or 'absent'}"
+    return Evidence(
+        reference=cond.reference,
+        recorded_code=coding.token() if coding else None,
+        date=when.text if when else None,
+        threshold=threshold,
+        note=f"{status}; {note}" if note else status,
+    )
+
+
+def procedure_evidence(
+    ctx: Context, proc: ProcedureFact, codeset: str, *, note: str | None = None
+) -> Evidence:
+    coding = ctx.codesets[codeset].matches_any(proc.codes)
+    status = f"status {proc.status or 'absent'}"
+    return Evidence(
+        reference=proc.reference,
+        recorded_code=coding.token() if coding else None,
+        date=proc.performed.text if proc.performed else None,
+        note=f"{status}; {note}" if note else status,
+    )
+
+
+def patient_evidence(ctx: Context, note: str) -> Evidence:
+    """Evidence for a result decided by absent data: the patient, and what was looked for."""
+    return Evidence(reference=ctx.facts.patient.reference, note=note)
+
+
+def day_text(when: FhirDate) -> str:
+    """A date as a reason shows it: the calendar day, or the partial date as written."""
+    return when.first_day.isoformat() if when.is_exact_day else when.text
+
+
+def add_years(day: date, years: int) -> date:
+    """The same calendar day `years` later; 29 February becomes 28 February (the shorter span)."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
+class EarlyRecurrence(Criterion):
+    """Recurrence R between P + min_days and P + max_years, P the latest completed treatment.
+
+    P: the latest completed (`status == completed`) Procedure in `procedure_codeset` performed on
+    or before as-of. R: the earliest onset after P among the counting, active Conditions in
+    `condition_codeset` (recurrence and relapse are active statuses; a Condition's date is its
+    onset, else recordedDate). Onset on P's own day is not after P. Partial dates are spans: P
+    lies between the latest possible earliest day and the latest possible last day of the
+    candidates; a Condition whose span may fall on either side of P gives unknown, as does a
+    range check the spans cannot settle.
+    """
+
+    kind: Literal["early_recurrence"]
+    procedure_codeset: str
+    condition_codeset: str
+    min_days: int = Field(ge=0)
+    max_years: int = Field(gt=0)
+
+    def reads(self) -> frozenset[str]:
+        return frozenset({"Condition", "Procedure"})
+
+    def codesets(self) -> frozenset[str]:
+        return frozenset({self.procedure_codeset, self.condition_codeset})
+
+    def check(
+        self, codesets: Mapping[str, CodeSet], analytes: Mapping[str, Analyte], units: Units
+    ) -> Problem:
+        problem = super().check(codesets, analytes, units)
+        if problem is None and self.min_days >= 365 * self.max_years:
+            return ("min_days", "min_days is not below max_years")
+        return problem
+
+    def evaluate(self, ctx: Context) -> CriterionResult:
+        treatment = self.procedure_codeset
+        cs = ctx.codesets[treatment]
+        done = [
+            p for p in ctx.facts.procedures if p.status == "completed" and cs.matches_any(p.codes)
+        ]
+        undated = [p for p in done if p.performed is None]
+        dated = [p for p in done if p.performed and p.performed.first_day <= ctx.as_of]
+        certain = [p for p in dated if _day(p).last_day <= ctx.as_of]
+        if undated:
+            return CriterionResult(
+                Result.UNKNOWN,
+                f"a completed {treatment} Procedure has no performed date: it could be the latest",
+                tuple(procedure_evidence(ctx, p, treatment) for p in undated),
+            )
+        if not certain:
+            if dated:
+                return CriterionResult(
+                    Result.UNKNOWN,
+                    f"every completed {treatment} Procedure may be after "
+                    f"{ctx.as_of.isoformat()} (partial dates)",
+                    tuple(procedure_evidence(ctx, p, treatment) for p in dated),
+                )
+            return CriterionResult(
+                Result.UNKNOWN,
+                f"no completed {treatment} Procedure on or before {ctx.as_of.isoformat()}",
+                (patient_evidence(ctx, f"no completed {treatment} Procedure"),),
+            )
+        # P is the latest of the candidates' actual days: within [p_lo, p_hi].
+        p_lo = max(_day(p).first_day for p in certain)
+        p_hi = max(min(_day(p).last_day, ctx.as_of) for p in dated)
+        latest = [p for p in dated if min(_day(p).last_day, ctx.as_of) >= p_lo]
+        p_text = " or ".join(sorted({day_text(_day(p)) for p in latest}))
+        p_ev = tuple(
+            procedure_evidence(ctx, p, treatment, note="P: the latest radical treatment")
+            for p in latest
+        )
+        after: list[tuple[ConditionFact, FhirDate]] = []
+        for cond in ctx.conditions_in(self.condition_codeset, active_only=True):
+            when = condition_date(cond)
+            if when is None or when.last_day <= p_lo:
+                continue  # undated, or not after P
+            if when.first_day <= p_hi:
+                return CriterionResult(
+                    Result.UNKNOWN,
+                    f"the {self.condition_codeset} Condition dated {day_text(when)} may be "
+                    f"before or after the treatment on {p_text}",
+                    (*p_ev, condition_evidence(ctx, cond, self.condition_codeset)),
+                )
+            after.append((cond, when))
+        if not after:
+            return CriterionResult(
+                Result.UNKNOWN,
+                f"no active {self.condition_codeset} Condition with onset after the treatment on "
+                f"{p_text}",
+                p_ev,
+            )
+        r_lo = min(when.first_day for _, when in after)
+        r_hi = min(when.last_day for _, when in after)
+        earliest = [(c, w) for c, w in after if w.first_day <= r_hi]
+        r_text = " or ".join(sorted({day_text(w) for _, w in earliest}))
+        threshold = f"P + {self.min_days} days <= R <= P + {self.max_years} years"
+        if p_lo == p_hi:
+            low, high = p_lo + timedelta(days=self.min_days), add_years(p_lo, self.max_years)
+            threshold = f"{low.isoformat()} <= R <= {high.isoformat()}"
+        ev = (
+            *p_ev,
+            *(
+                condition_evidence(
+                    ctx, c, self.condition_codeset, note="R: onset after P", threshold=threshold
+                )
+                for c, _ in earliest
+            ),
+        )
+        too_soon_for_sure = r_hi < p_lo + timedelta(days=self.min_days)
+        too_late_for_sure = r_lo > add_years(p_hi, self.max_years)
+        late_enough = r_lo >= p_hi + timedelta(days=self.min_days)
+        soon_enough = r_hi <= add_years(p_lo, self.max_years)
+        gap = f"recurrence {r_text} after the treatment on {p_text}"
+        if p_lo == p_hi and r_lo == r_hi:
+            gap = f"recurrence {r_text}, {(r_lo - p_lo).days} days after the treatment on {p_text}"
+        if too_soon_for_sure:
+            return CriterionResult(Result.NOT_MET, f"{gap}: sooner than {self.min_days} days", ev)
+        if too_late_for_sure:
+            return CriterionResult(Result.NOT_MET, f"{gap}: later than {self.max_years} years", ev)
+        if late_enough and soon_enough:
+            return CriterionResult(
+                Result.MET,
+                f"{gap}: within {self.min_days} days to {self.max_years} years",
+                ev,
+            )
+        return CriterionResult(
+            Result.UNKNOWN,
+            f"{gap}: partial dates may put it on either side of {threshold}",
+            ev,
+        )
+
+
+def _day(proc: ProcedureFact) -> FhirDate:
+    assert proc.performed is not None
+    return proc.performed
+
+
+class ConditionOrProcedureAbsent(Criterion):
+    """No counting Condition in `condition_codeset` (any clinicalStatus, or active ones only) and
+    no Procedure in `procedure_codeset` performed on or before as-of.
+
+    A Procedure counts unless its status says it did not happen (preparation, not-done,
+    entered-in-error); one with no date counts (history of); one whose partial date may be after
+    as-of gives unknown when nothing else decides.
+    """
+
+    kind: Literal["condition_or_procedure_absent"]
+    condition_codeset: str
+    procedure_codeset: str
+    active_only: bool
+
+    def reads(self) -> frozenset[str]:
+        return frozenset({"Condition", "Procedure"})
+
+    def codesets(self) -> frozenset[str]:
+        return frozenset({self.condition_codeset, self.procedure_codeset})
+
+    def evaluate(self, ctx: Context) -> CriterionResult:
+        which = "active " if self.active_only else ""
+        conds = list(ctx.conditions_in(self.condition_codeset, active_only=self.active_only))
+        cs = ctx.codesets[self.procedure_codeset]
+        procs = [
+            p
+            for p in ctx.facts.procedures
+            if p.status not in NOT_PERFORMED
+            and cs.matches_any(p.codes)
+            and (p.performed is None or p.performed.first_day <= ctx.as_of)
+        ]
+        certain = [p for p in procs if p.performed is None or p.performed.last_day <= ctx.as_of]
+        ev = (
+            *(condition_evidence(ctx, c, self.condition_codeset) for c in conds),
+            *(procedure_evidence(ctx, p, self.procedure_codeset) for p in procs),
+        )
+        if conds or certain:
+            found = []
+            if conds:
+                found.append(f"{which}{self.condition_codeset} Condition")
+            if certain:
+                found.append(f"{self.procedure_codeset} Procedure")
+            return CriterionResult(Result.NOT_MET, " and ".join(found), ev)
+        if procs:
+            return CriterionResult(
+                Result.UNKNOWN,
+                f"a {self.procedure_codeset} Procedure may be after {ctx.as_of.isoformat()}",
+                ev,
+            )
+        none = (
+            f"no {which}{self.condition_codeset} Condition and no {self.procedure_codeset} "
+            "Procedure"
+        )
+        return CriterionResult(Result.MET, none, (patient_evidence(ctx, none),))
+
+
+KINDS: tuple[type[Criterion], ...] = (EarlyRecurrence, ConditionOrProcedureAbsent)
