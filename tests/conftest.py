@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stamina
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    """stamina's test mode: retries without waiting, as many attempts as each policy allows."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from datetime import date
 
 from adapter.criteria.context import Context, placement, window_start
 from adapter.criteria.results import Evidence, Result
+from adapter.facts.dates import FhirDate
 from adapter.facts.model import LabValue, Normalised
 
 #: Observation.status values whose data may be used
@@ -57,7 +58,7 @@ def latest_lab(ctx: Context, analyte: str, days: int) -> Pick:
         both_exact = other.date.is_exact_day and latest.date.is_exact_day
         if not both_exact and other.date.last_day >= latest.date.first_day:
             return Pick(None, f"a partial date ({other.date.text}) could be the latest {name}")
-        if _same_time(other, latest) and not _agree(other, latest):
+        if _same_time(other.date, latest.date) and not _agree(other, latest):
             return Pick(None, f"two {name} values with the same timestamp disagree")
     if latest.normalised is None:
         return Pick(latest, latest.problem or f"the latest {name} has no usable value")
@@ -70,14 +71,13 @@ def _key(lab: LabValue) -> tuple[date, float]:
     return (day, moment.timestamp())
 
 
-def _same_time(a: LabValue, b: LabValue) -> bool:
-    if a.date is None or b.date is None:
+def _same_time(a: FhirDate, b: FhirDate) -> bool:
+    """Same timestamp: the same exact day, and the same instant when both have one."""
+    if a.first_day != b.first_day or not a.is_exact_day:
         return False
-    if a.date.first_day != b.date.first_day or not a.date.is_exact_day:
-        return False
-    if a.date.instant is None or b.date.instant is None:
+    if a.instant is None or b.instant is None:
         return True
-    return a.date.instant == b.date.instant
+    return a.instant == b.instant
 
 
 def _agree(a: LabValue, b: LabValue) -> bool:

@@ -1,7 +1,9 @@
-"""The one HTTP seam to a FHIR server: URL trust, redirects and error classification.
+"""The one HTTP seam to a FHIR server: URL trust, redirects, error classification, retries, limits.
 
-`FhirClient` wraps an `httpx.AsyncClient` that the caller builds, configures (auth, timeouts,
-limits) and closes; tests inject one mocked by respx. Every failure leaves as an
+`FhirClient` wraps an `httpx.AsyncClient` that the caller builds, configures (auth, timeouts)
+and closes; tests inject one mocked by respx. Errors are classified once, here; temporary ones
+(`FhirError.temporary`) are retried with stamina under a `RetryPolicy` when the request is
+idempotent, and every exchange waits for a slot of the `Limiter`. Every failure leaves as an
 `adapter.errors.FhirError` subclass whose URL has no query string.
 """
 
@@ -15,16 +17,25 @@ from urllib.parse import unquote, urlencode
 
 import httpx
 import orjson
+import stamina
 
 from adapter.errors import (
     TEMPORARY_STATUSES,
     ConfigError,
+    FhirError,
     HttpStatusError,
     InvalidResponseError,
     TemporaryHttpError,
     TransportError,
     UntrustedUrlError,
     redact_url,
+)
+from adapter.fhir.limits import (
+    Limiter,
+    Limits,
+    RetryPolicy,
+    response_date,
+    retry_after_seconds,
 )
 
 JsonObject = dict[str, Any]
@@ -37,6 +48,8 @@ OUTCOME_LIMIT = 500
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# RFC 9110 9.2.2: methods whose repetition has the effect of one request.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 # OperationOutcome diagnostics often echo the request URL, query (patient ids) included.
 _URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+")
@@ -183,11 +196,50 @@ def _pairs(params: Params | None) -> list[tuple[str, str]]:
     return list(params.items()) if isinstance(params, Mapping) else list(params)
 
 
+def is_idempotent(method: str, url: str, headers: Mapping[str, str] | None = None) -> bool:
+    """Whether sending the request twice has the effect of sending it once, so it may be retried.
+
+    GET, HEAD, OPTIONS, PUT and DELETE are; so are `POST [type]/_search` (a read) and a
+    conditional create (`If-None-Exist`). A plain POST create or a transaction is not: a retry
+    after a lost answer could create the resources twice.
+    """
+    method = method.upper()
+    if method in _IDEMPOTENT:
+        return True
+    if method != "POST":
+        return False
+    if any(k.lower() == "if-none-exist" for k in headers or {}):
+        return True
+    parsed = _parse(url)
+    return parsed is not None and parsed.segments[-1:] == ("_search",)
+
+
+class _RetryLater(Exception):
+    """A temporary failure of one attempt, a signal to stamina that never leaves FhirClient.
+
+    `wait` is the server's Retry-After, already capped.
+    """
+
+    def __init__(self, error: FhirError, wait: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+
+
+def _backoff(exc: Exception) -> bool | float:
+    """stamina's backoff hook: retry only temporary failures, after Retry-After when given."""
+    if not isinstance(exc, _RetryLater):
+        return False
+    return True if exc.wait is None else exc.wait
+
+
 class FhirClient:
     """One FHIR server behind an injected `httpx.AsyncClient`, which the caller owns and closes.
 
     Requests go only to URLs under the base (or on `extra_trusted_origins`, which the operator
     thereby trusts with the client's credentials); redirects are followed only to such URLs.
+    Temporary failures of idempotent requests are retried by `retry`; every exchange holds a
+    slot of `limits` (a `Limiter` may be shared by the clients of one server).
     """
 
     def __init__(
@@ -196,10 +248,14 @@ class FhirClient:
         base: str | ServerBase,
         *,
         extra_trusted_origins: Iterable[str] = (),
+        retry: RetryPolicy | None = None,
+        limits: Limits | Limiter | None = None,
     ) -> None:
         self.http = http
         self.base = base if isinstance(base, ServerBase) else ServerBase.parse(base)
         self._origins = frozenset(_origin(o) for o in extra_trusted_origins)
+        self.retry = retry or RetryPolicy()
+        self.limiter = limits if isinstance(limits, Limiter) else Limiter(limits)
 
     def is_trusted(self, url: str | httpx.URL) -> bool:
         """Whether this client may send a request (and its credentials) to `url`."""
@@ -244,14 +300,21 @@ class FhirClient:
         *,
         json: object = None,
         headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
     ) -> httpx.Response:
-        """Any request (for sinks); `json` is sent as FHIR JSON. Error statuses raise."""
+        """Any request (for sinks); `json` is sent as FHIR JSON. Error statuses raise.
+
+        Temporary failures are retried when `idempotent`; None decides by `is_idempotent`.
+        """
         extra = dict(headers or {})
         content = None
         if json is not None:
             content = orjson.dumps(json)
             extra.setdefault("Content-Type", FHIR_JSON)
-        return await self._send(method, self.url(url), content=content, headers=extra)
+        target = self.url(url)
+        if idempotent is None:
+            idempotent = is_idempotent(method, target, extra)
+        return await self._send(method, target, content=content, headers=extra, retry=idempotent)
 
     async def _send(
         self,
@@ -260,20 +323,47 @@ class FhirClient:
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        retry: bool = True,
     ) -> httpx.Response:
-        # The one place a retry policy wraps (a later issue): errors leave here classified, and
-        # `FhirError.temporary` says which are worth another attempt.
-        return await self._exchange(method, url, content, dict(headers or {}))
+        """The exchange, with retries of temporary failures when `retry`; the last error raises."""
+        plain = dict(headers or {})
+        policy = self.retry
+        try:
+            if not retry or policy.attempts == 1:
+                return await self._exchange(method, url, content, plain)
+            async for attempt in stamina.retry_context(
+                on=_backoff,
+                attempts=policy.attempts,
+                timeout=policy.timeout_total,
+                wait_initial=policy.wait_initial,
+                wait_max=policy.max_wait,
+                wait_jitter=policy.wait_jitter,
+            ):
+                with attempt:
+                    return await self._exchange(method, url, content, plain)
+        except _RetryLater as exc:
+            raise exc.error from exc.error.__cause__
+        raise AssertionError("unreachable: stamina either returns or raises")
 
     async def _exchange(
         self, method: str, url: str, content: bytes | None, headers: dict[str, str]
     ) -> httpx.Response:
-        """One request, following trusted redirects by hand; error statuses raise."""
+        """One request, following trusted redirects by hand; error statuses raise.
+
+        Temporary failures raise `_RetryLater`, which `_send` retries or unwraps.
+        """
         for _ in range(MAX_REDIRECTS + 1):
-            response = await self._send_once(method, url, content, headers)
+            try:
+                response = await self._send_once(method, url, content, headers)
+            except TransportError as exc:
+                raise _RetryLater(exc) from exc
             if response.status_code not in _REDIRECTS:
-                _raise_for_status(response, url)
-                return response
+                error = _status_error(response, url)
+                if error is None:
+                    return response
+                if error.temporary:
+                    raise _RetryLater(error, self._retry_after(response))
+                raise error
             location = response.headers.get("Location")
             if not location:
                 raise InvalidResponseError(f"HTTP {response.status_code} without Location", url=url)
@@ -293,6 +383,13 @@ class FhirClient:
             url = target
         raise InvalidResponseError(f"more than {MAX_REDIRECTS} redirects", url=url)
 
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        # 429 and 503 may carry Retry-After (RFC 9110 10.2.3); a busy EHR at night uses it.
+        seconds = retry_after_seconds(
+            response.headers.get("Retry-After"), now=response_date(response.headers.get("Date"))
+        )
+        return None if seconds is None else self.retry.capped(seconds)
+
     async def _send_once(
         self, method: str, url: str, content: bytes | None, headers: dict[str, str]
     ) -> httpx.Response:
@@ -300,7 +397,9 @@ class FhirClient:
             method, url, content=content, headers={"Accept": FHIR_JSON, **headers}
         )
         try:
-            return await self.http.send(request, follow_redirects=False)
+            # Not streamed: the body is read inside the slot, so a slot is one whole exchange.
+            async with self.limiter.slot():
+                return await self.http.send(request, follow_redirects=False)
         except httpx.TimeoutException as exc:
             raise TransportError("the FHIR server did not answer in time", url=url) from exc
         except httpx.TransportError as exc:
@@ -311,16 +410,17 @@ class FhirClient:
             raise InvalidResponseError("response body could not be decoded", url=url) from exc
 
 
-def _raise_for_status(response: httpx.Response, url: str) -> None:
+def _status_error(response: httpx.Response, url: str) -> HttpStatusError | None:
+    """The classified error of an error status; None for a success."""
     status = response.status_code
     if status < 400:
-        return
+        return None
     try:
         body: object = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         body = None
     error = TemporaryHttpError if status in TEMPORARY_STATUSES else HttpStatusError
-    raise error(status, url=url, outcome=outcome_text(body))
+    return error(status, url=url, outcome=outcome_text(body))
 
 
 def _json_object(response: httpx.Response) -> JsonObject:

@@ -10,6 +10,7 @@ from adapter.criteria.kinds import (
     Alive,
     ConditionAbsent,
     Diagnosis,
+    LabRange,
     LabThreshold,
     NotImplementedCriterion,
 )
@@ -280,3 +281,99 @@ def test_codesets_fixture_is_consistent():
     """Guard: the factories' code sets are the spec's."""
     assert CODESETS["hcc"].matches_any(condition("C22.0").codes)
     assert ICD10CM != ICD10
+
+
+def test_an_unreadable_deceased_date_is_unknown():
+    """deceasedDateTime present but unparseable: the patient may be deceased."""
+    info = patient(deceased_unreadable=True)
+    assert Alive(id="alive", kind="alive").evaluate(ctx(info=info)).result is U
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("2026-06-10T08:00:00Z", "2026-06-10T09:00:00Z", N),  # later instant decides
+        ("2026-06-10", "2026-06-10T09:00:00Z", U),  # date-only and timed, same day: ambiguous
+        ("2026-06-09", "2026-06-10", N),  # different days: the later day decides
+    ],
+)
+def test_same_day_values_order_by_instant(first, second, expected):
+    """Timestamps order values within a day; a date-only value on the same day is ambiguous."""
+    labs = (
+        lab("hemoglobin", 12.0, first, ref="Observation/a"),
+        lab("hemoglobin", 8.0, second, ref="Observation/b"),
+    )
+    assert HB.evaluate(ctx(labs=labs)).result is expected
+
+
+def test_same_timestamp_with_one_unusable_value_is_unknown():
+    """A same-timestamp duplicate without a usable value disagrees."""
+    labs = (
+        lab("hemoglobin", 12.0, "2026-06-10T08:00:00Z", ref="Observation/a"),
+        lab("hemoglobin", None, "2026-06-10T08:00:00Z", ref="Observation/b", problem="no value"),
+    )
+    assert HB.evaluate(ctx(labs=labs)).result is U
+
+
+@pytest.mark.parametrize(
+    ("value", "comparator", "expected"),
+    [(9.0, None, N), (9.5, None, M), (9.0, ">", M), (10.0, "<", U), (9.0, "<=", N)],
+)
+def test_strictly_greater_than_threshold(value, comparator, expected):
+    """op '>' with intervals."""
+    crit = LabThreshold(
+        id="x",
+        kind="lab_threshold",
+        analyte="hemoglobin",
+        op=">",
+        value=9.0,
+        unit="g/dL",
+        window_days=30,
+    )
+    labs = (lab("hemoglobin", value, "2026-06-10", comparator=comparator),)
+    assert crit.evaluate(ctx(labs=labs)).result is expected
+
+
+RANGE = LabRange(
+    id="hba1c",
+    kind="lab_range",
+    analyte="hemoglobin",
+    low=7.0,
+    high=10.0,
+    unit="g/dL",
+    window_days=365,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "comparator", "expected"),
+    [
+        (7.0, None, M),
+        (10.0, None, M),
+        (6.99, None, N),
+        (10.01, None, N),
+        (8.0, ">", U),
+        (6.0, "<", N),
+    ],
+)
+def test_lab_range_is_inclusive_at_both_ends(value, comparator, expected):
+    """lab_range: low <= value <= high, both inclusive; intervals decided when wholly on a side."""
+    labs = (lab("hemoglobin", value, "2026-01-10", comparator=comparator),)
+    assert RANGE.evaluate(ctx(labs=labs)).result is expected
+
+
+def test_lab_range_without_a_usable_value_is_unknown():
+    """No value in the window, or an unusable one: unknown."""
+    assert RANGE.evaluate(ctx()).result is U
+    bad = (lab("hemoglobin", 7.5, "2026-06-01", problem="unit 'x' is not a known unit"),)
+    result = RANGE.evaluate(ctx(labs=bad))
+    assert result.result is U
+    assert "unit 'x'" in result.reason
+
+
+def test_lab_range_with_low_above_high_fails_its_check():
+    """A reversed range is a trial-file mistake caught at load."""
+    crit = LabRange(
+        id="r", kind="lab_range", analyte="hemoglobin", low=10, high=7, unit="g/dL", window_days=30
+    )
+    assert crit.check({}, {}, None) == ("low", "low is above high")  # type: ignore[arg-type]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
+import stamina
 
 from adapter.errors import (
     ConfigError,
@@ -20,6 +22,13 @@ from adapter.errors import (
 from adapter.fhir.client import FhirClient, ServerBase, is_trusted, outcome_text
 
 BASE = "http://fhir.test/fhir"
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    """stamina's test mode: no waits, and the policy's own number of attempts (at most 100)."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 def run(call: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
+import stamina
 
 from adapter.errors import (
     InvalidResponseError,
@@ -15,9 +17,16 @@ from adapter.errors import (
     UntrustedUrlError,
 )
 from adapter.fhir.client import FhirClient
-from adapter.fhir.paging import iter_bundle, iter_pages
+from adapter.fhir.paging import SearchStats, iter_bundle, iter_pages
 
 BASE = "http://fhir.test/fhir"
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    """stamina's test mode: no waits, and the policy's own number of attempts (at most 100)."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 def page_url(offset: int) -> str:
@@ -198,3 +207,84 @@ def test_iter_pages_continues_from_an_already_fetched_first_page() -> None:
             return [r["id"] async for r in pages]
 
     assert asyncio.run(main()) == ["1", "2", "3"]
+
+
+def collect_with(
+    first_url: str = "Observation",
+    *,
+    seen: set[tuple[str, str]] | None = None,
+    stats: SearchStats | None = None,
+) -> list[tuple[str, str | None]]:
+    """(resourceType, id) of what iter_bundle yields, sharing `seen` and filling `stats`."""
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE)
+            pages = iter_bundle(client, first_url, seen=seen, stats=stats)
+            return [(r["resourceType"], r.get("id")) async for r in pages]
+
+    return asyncio.run(main())
+
+
+@respx.mock
+def test_entries_repeated_across_pages_are_yielded_once() -> None:
+    """Offset paging that repeats an entry on the next page yields it once, and counts it."""
+    serve_pages(
+        bundle(["1", "2"], next_url=page_url(2)),
+        bundle(["2", "3"], next_url=page_url(4)),
+        bundle(["3", "4"]),
+    )
+    stats = SearchStats()
+    assert [rid for _, rid in collect_with(stats=stats)] == ["1", "2", "3", "4"]
+    assert stats == SearchStats(total=5, matches=6, distinct=4, pages=3)
+
+
+@respx.mock
+def test_the_same_id_of_another_type_is_not_a_duplicate() -> None:
+    """De-duplication is by (resourceType, id): an included Patient/1 beside Observation/1 stays."""
+    page = bundle(["1"])
+    page["entry"].append(
+        {"resource": {"resourceType": "Patient", "id": "1"}, "search": {"mode": "include"}}
+    )
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    stats = SearchStats()
+    assert collect_with(stats=stats) == [("Observation", "1"), ("Patient", "1")]
+    assert (stats.matches, stats.distinct) == (1, 1)
+
+
+@respx.mock
+def test_a_shared_seen_set_spans_searches() -> None:
+    """Resources already in `seen` (from an earlier search of the same fetch) are skipped."""
+    respx.get(f"{BASE}/Observation").respond(200, json=bundle(["1", "2", "3"]))
+    seen = {("Observation", "2")}
+    stats = SearchStats()
+    assert collect_with(seen=seen, stats=stats) == [("Observation", "1"), ("Observation", "3")]
+    assert seen == {("Observation", "1"), ("Observation", "2"), ("Observation", "3")}
+    assert (stats.matches, stats.distinct) == (3, 3)
+
+
+@respx.mock
+def test_resources_without_an_id_are_never_dropped() -> None:
+    """An outcome entry without id cannot be a duplicate; it is yielded every time."""
+    page = bundle([])
+    outcome = {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
+    page["entry"] = [outcome, outcome]
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    stats = SearchStats()
+    assert len(collect_with(stats=stats)) == 2
+    assert stats.matches == 0
+
+
+@pytest.mark.parametrize(("total", "read"), [(7, 7), (0, 0), (None, None), ("7", None), (-1, None)])
+@respx.mock
+def test_stats_total_is_the_first_pages_count_when_it_is_one(total: Any, read: int | None) -> None:
+    """Bundle.total is kept when it is a non-negative integer, None otherwise."""
+    page = bundle([])
+    if total is None:
+        del page["total"]
+    else:
+        page["total"] = total
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    stats = SearchStats()
+    collect_with(stats=stats)
+    assert stats.total == read

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
+import orjson
 import pytest
 import respx
+import stamina
 
-from adapter.errors import HttpStatusError, PatientError
+from adapter.errors import FhirError, HttpStatusError, PatientError
+from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
 from adapter.facts.model import Coding
+from adapter.fhir.capability import ElementsSupport, ServerCapabilities
 from adapter.fhir.client import FhirClient
-from adapter.sources.base import Query
-from adapter.sources.rest import RestSource, code_token, search_params
+from adapter.sources.base import Query, patient_id_of
+from adapter.sources.rest import FACT_ELEMENTS, RestSource, code_token, search_params
+from adapter.trials import load_trial
 
 BASE = "http://fhir.test/fhir"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
+
+
+@pytest.fixture(autouse=True)
+def instant_retries() -> Iterator[None]:
+    """stamina's test mode: no waits, and the policy's own number of attempts (at most 100)."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 def bundle(resources: list[dict[str, Any]], *, next_url: str | None = None) -> dict[str, Any]:
@@ -51,7 +66,11 @@ def obs(rid: str, patient: str = "p1") -> dict[str, Any]:
 
 
 def fetch(query: Query, **options: Any) -> list[dict[str, Any]]:
-    """Everything RestSource yields for `query`, with a fresh injected AsyncClient."""
+    """Everything RestSource yields for `query`, with a fresh injected AsyncClient.
+
+    Count queries are off unless asked for: the tests of the result cap turn them on.
+    """
+    options.setdefault("count_first", False)
 
     async def main() -> list[dict[str, Any]]:
         async with httpx.AsyncClient() as http:
@@ -269,3 +288,292 @@ def test_aclose_leaves_the_injected_client_open() -> None:
             return http.is_closed
 
     assert asyncio.run(main()) is False
+
+
+class Server:
+    """A respx side effect that counts (`_summary=count`) and searches per patient and code.
+
+    `counts` is each (patient, code) pair's number of matches; a search returns one Observation
+    per pair instead (with `total` as many as it returns), unless `capped_at` cuts it like
+    HAPI's public server: at that many entries, no next link and no total.
+    """
+
+    def __init__(self, counts: dict[tuple[str, str], int], capped_at: int | None = None) -> None:
+        self.counts = counts
+        self.capped_at = capped_at
+        self.log: list[tuple[str, str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        params = sent_params(Call(request))
+        patients = params.get("patient", "").split(",")
+        codes = params.get("code", "").split(",")
+        pairs = [(p, c) for p in patients for c in codes if (p, c) in self.counts]
+        kind = "count" if params.get("_summary") == "count" else "search"
+        self.log.append((kind, params.get("patient", ""), params.get("code", "")))
+        if kind == "count":
+            total = sum(self.counts[pair] for pair in pairs)
+            return httpx.Response(
+                200, json={"resourceType": "Bundle", "type": "searchset", "total": total}
+            )
+        found = [obs(f"{p}-{c}", p) for p, c in pairs]
+        if self.capped_at is not None and len(found) >= self.capped_at:
+            page = bundle(found[: self.capped_at])
+            del page["total"]
+            return httpx.Response(200, json=page)
+        return httpx.Response(200, json=bundle(found))
+
+
+class Call:
+    """The shape `sent_params` reads, for a request seen inside a side effect."""
+
+    def __init__(self, request: httpx.Request) -> None:
+        self.request = request
+
+
+def codes_of(*names: str) -> frozenset[Coding]:
+    return frozenset(Coding("", name) for name in names)
+
+
+@respx.mock
+def test_a_batch_over_the_cap_is_split_in_halves_until_each_is_under_it() -> None:
+    """8 patients counted at 15,000 are split 4 + 4 (7,500 each) and each half is searched."""
+    patients = [f"p{n}" for n in range(1, 9)]
+    server = Server({(p, "c"): 1875 for p in patients})
+    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    query = Query("Observation", codes=codes_of("c"), patients=frozenset(patients))
+    found = fetch(query, count_first=True, result_cap=10_000, batch_size=8)
+    assert [r["id"] for r in found] == [f"{p}-c" for p in patients]
+    assert server.log == [
+        ("count", "p1,p2,p3,p4,p5,p6,p7,p8", "c"),
+        ("count", "p1,p2,p3,p4", "c"),
+        ("search", "p1,p2,p3,p4", "c"),
+        ("count", "p5,p6,p7,p8", "c"),
+        ("search", "p5,p6,p7,p8", "c"),
+    ]
+
+
+@respx.mock
+def test_a_batch_under_the_cap_is_counted_once_then_searched() -> None:
+    """One count query per batch, then its search; no split."""
+    server = Server({("p1", "c"): 20, ("p2", "c"): 30})
+    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    query = Query("Observation", codes=codes_of("c"), patients=frozenset({"p1", "p2"}))
+    assert len(fetch(query, count_first=True)) == 2
+    assert server.log == [("count", "p1,p2", "c"), ("search", "p1,p2", "c")]
+
+
+@respx.mock
+def test_one_patient_over_the_cap_is_split_by_code_then_refused_naming_the_count() -> None:
+    """A single patient and code over the cap raises FhirError with the count, not the id."""
+    server = Server({("secret-id", "a"): 12_345, ("secret-id", "b"): 10})
+    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    query = Query("Observation", codes=codes_of("a", "b"), patients=frozenset({"secret-id"}))
+    with pytest.raises(FhirError) as caught:
+        fetch(query, count_first=True)
+    message = str(caught.value)
+    assert "12,345" in message
+    assert "for 1 patient and 1 code" in message
+    assert "cannot be split" in message
+    assert "secret-id" not in message
+    assert server.log == [("count", "secret-id", "a,b"), ("count", "secret-id", "a")]
+
+
+@respx.mock
+def test_a_cohort_search_over_the_cap_is_split_by_code() -> None:
+    """Without patients, the codes are halved instead."""
+    server = Server({("", "a"): 6000, ("", "b"): 6000})
+    respx.get(f"{BASE}/Condition").mock(side_effect=server)
+    fetch(Query("Condition", codes=codes_of("a", "b")), count_first=True)
+    assert [entry for entry in server.log if entry[0] == "search"] == [
+        ("search", "", "a"),
+        ("search", "", "b"),
+    ]
+
+
+@respx.mock
+def test_a_result_set_that_reaches_the_cap_without_a_next_link_is_split() -> None:
+    """A search cut at the cap is searched again in halves; nothing is lost, nothing repeated."""
+    pairs = {("p1", "a"): 1, ("p1", "b"): 1, ("p2", "a"): 1, ("p2", "b"): 1}
+    server = Server(pairs, capped_at=3)
+    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    query = Query("Observation", codes=codes_of("a", "b"), patients=frozenset({"p1", "p2"}))
+    found = fetch(query, result_cap=3)
+    assert sorted(r["id"] for r in found) == ["p1-a", "p1-b", "p2-a", "p2-b"]
+    assert len(found) == 4
+    assert server.log == [
+        ("search", "p1,p2", "a,b"),
+        ("search", "p1", "a,b"),
+        ("search", "p2", "a,b"),
+    ]
+
+
+@respx.mock
+def test_a_total_above_what_was_returned_splits_the_search() -> None:
+    """A search whose pages end before its Bundle.total is searched again in halves."""
+    short = bundle([obs("1", "p1")])
+    short["total"] = 3
+    first = respx.get(f"{BASE}/Observation", params={"patient": "p1,p2"}).respond(200, json=short)
+    respx.get(f"{BASE}/Observation", params={"patient": "p1"}).respond(
+        200, json=bundle([obs("1", "p1"), obs("2", "p1")])
+    )
+    respx.get(f"{BASE}/Observation", params={"patient": "p2"}).respond(
+        200, json=bundle([obs("3", "p2")])
+    )
+    found = fetch(Query("Observation", patients=frozenset({"p1", "p2"})))
+    assert [r["id"] for r in found] == ["1", "2", "3"]
+    assert first.call_count == 1
+
+
+@respx.mock
+def test_a_single_patient_search_that_stops_at_the_cap_raises() -> None:
+    """One patient, no codes, cut at the cap without a total: an error, never a short result."""
+    page = bundle([obs("1"), obs("2")])
+    del page["total"]
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    with pytest.raises(FhirError, match=r"stopped at the result cap of 2 \(2 resources, no total"):
+        fetch(Query("Observation", patients=frozenset({"p1"})), result_cap=2)
+
+
+@respx.mock
+def test_a_single_patient_search_short_of_its_total_raises() -> None:
+    """One patient whose pages end before Bundle.total: an error naming both numbers."""
+    page = bundle([obs("1")])
+    page["total"] = 3
+    respx.get(f"{BASE}/Observation").respond(200, json=page)
+    with pytest.raises(FhirError, match="returned 1 of the 3 resources it announced"):
+        fetch(Query("Observation", patients=frozenset({"p1"})))
+
+
+@respx.mock
+def test_a_total_that_confirms_the_results_overrides_the_cap() -> None:
+    """At the cap, with a total saying that was everything (offset repeats included), no split."""
+    next1 = f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2&_bundletype=searchset"
+    first = bundle([obs("1"), obs("2")], next_url=next1)
+    first["total"] = 3
+    route = respx.get(f"{BASE}/Observation").respond(200, json=first)
+    respx.get(BASE, params={"_getpagesoffset": "2"}).respond(200, json=bundle([obs("2"), obs("3")]))
+    found = fetch(Query("Observation", patients=frozenset({"p1", "p2"})), result_cap=3)
+    assert [r["id"] for r in found] == ["1", "2", "3"]
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_a_server_that_refuses_summary_count_is_not_asked_again() -> None:
+    """A 400 to the count query turns counting off; the capped-result check still applies."""
+    calls: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        calls.append("count" if "_summary" in params else "search")
+        if "_summary" in params:
+            return httpx.Response(400, json={"resourceType": "OperationOutcome"})
+        return httpx.Response(200, json=bundle([obs(params["patient"], params["patient"])]))
+
+    respx.get(f"{BASE}/Observation").mock(side_effect=handle)
+    query = Query("Observation", patients=frozenset({"p1", "p2"}))
+    assert len(fetch(query, count_first=True, batch_size=1)) == 2
+    assert calls == ["count", "search", "search"]
+
+
+@respx.mock
+def test_a_count_too_long_for_a_url_is_posted_like_its_search() -> None:
+    """The count query of a long search goes as POST [type]/_search with _summary=count."""
+    route = respx.post(f"{BASE}/Observation/_search").mock(
+        side_effect=[
+            httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": 1}),
+            httpx.Response(200, json=bundle([obs("1")])),
+        ]
+    )
+    codes = frozenset(Coding(LOINC, f"{n}-{n % 10}") for n in range(10000, 10100))
+    fetch(Query("Observation", codes=codes, patients=frozenset({"p1"})), count_first=True)
+    count, search = (sent_params(call) for call in route.calls)
+    assert (count["_summary"], "_count" in count) == ("count", False)
+    assert (search["_count"], "_summary" in search) == ("200", False)
+
+
+@pytest.mark.parametrize(
+    ("elements", "sent"),
+    [
+        (ElementsSupport.HONOURED, "meta,subject,status,code"),
+        (ElementsSupport.IGNORED, None),
+        (ElementsSupport.UNKNOWN, None),
+        (None, None),
+    ],
+)
+@respx.mock
+def test_elements_are_asked_for_only_where_the_probe_saw_them_honoured(
+    elements: ElementsSupport | None, sent: str | None
+) -> None:
+    """_elements goes on searches (not counts) only when capabilities say it is honoured."""
+    route = respx.get(f"{BASE}/Observation").respond(200, json=bundle([]))
+    caps = None if elements is None else ServerCapabilities(elements=elements)
+    fetch(
+        Query("Observation", patients=frozenset({"p1"})),
+        count_first=True,
+        capabilities=caps,
+        elements={"Observation": ["meta", "subject", "status", "code"], "Patient": ["gender"]},
+    )
+    count, search = (sent_params(call) for call in route.calls)
+    assert "_elements" not in count
+    assert search.get("_elements") == sent
+
+
+@pytest.mark.parametrize(
+    "elements", [{"Observation": "status"}, {"Observation": ["valueQuantity.value"]}]
+)
+def test_element_names_are_checked_when_the_source_is_made(elements: Any) -> None:
+    """A string instead of a list, or a path instead of a base element name, is a ValueError."""
+    with pytest.raises(ValueError, match="element names"):
+        fetch(Query("Observation"), elements=elements)
+
+
+def subset(resource: dict[str, Any], names: tuple[str, ...], *, base_names: bool) -> dict[str, Any]:
+    """What a server honouring `_elements=names` sends.
+
+    With `base_names` (R4, HAPI) `effective` keeps `effectiveDateTime`; without (sekmet-fhir) only
+    the exact JSON names are kept.
+    """
+
+    def kept(key: str) -> bool:
+        return key in ("resourceType", "id", *names) or (
+            base_names
+            and any(key.startswith(n) and key[len(n) : len(n) + 1].isupper() for n in names)
+        )
+
+    return {k: v for k, v in resource.items() if kept(k)}
+
+
+def whole_and_cut(
+    shared_data: Path, *, base_names: bool
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(type, resource, resource cut to FACT_ELEMENTS) from Synthea and the HL7 examples."""
+    for kind in ("Patient", "Condition", "Procedure", "Observation"):
+        names = FACT_ELEMENTS[kind]
+        with (shared_data / "synthea-r4-100" / f"{kind}.ndjson").open("rb") as lines:
+            for line in islice(lines, 3000):
+                resource = orjson.loads(line)
+                yield kind, resource, subset(resource, names, base_names=base_names)
+        # The HL7 examples carry what Synthea lacks: stages, reference ranges, versionIds.
+        for path in sorted((shared_data / "hl7-examples").glob(f"{kind}-*.json")):
+            resource = orjson.loads(path.read_bytes())
+            yield kind, resource, subset(resource, names, base_names=base_names)
+
+
+@pytest.mark.parametrize("base_names", [True, False])
+@pytest.mark.data
+def test_fact_elements_keep_everything_the_facts_are_read_from(
+    shared_data: Path, base_names: bool
+) -> None:
+    """Facts read from resources cut to FACT_ELEMENTS equal those read from whole ones."""
+    trial = load_trial("hcc-ablation-lenvatinib-pd1")
+    builder = FactBuilder(trial.analytes, trial.units, frozenset(trial.analytes))
+    readers = {
+        "Patient": patient_info,
+        "Condition": condition_fact,
+        "Procedure": procedure_fact,
+        "Observation": builder.observation,
+    }
+    for kind, whole, cut in whole_and_cut(shared_data, base_names=base_names):
+        where = f"{kind}/{whole.get('id')}"
+        assert readers[kind](cut) == readers[kind](whole), where
+        assert patient_id_of(cut) == patient_id_of(whole), where
