@@ -25,3 +25,6 @@ class Analyte:
     unit_if_missing: str | None = None
     #: answers that identify this analyte whatever the Observation's code (NYHA class)
     value_codes: frozenset[Coding] = frozenset()
+    #: codes of panels whose components carry this analyte: a server search by `code` matches
+    #: the panel's own code only, so these are searched too (blood pressure 85354-9)
+    panel_codes: frozenset[Coding] = frozenset()

@@ -73,6 +73,7 @@ class AnalyteModel(_Strict):
     codes: dict[str, list[str]]
     coded_as: list[CodedAs] = []
     value_codes: dict[str, list[str]] = {}
+    panels: dict[str, list[str]] = {}
 
 
 class AnalytesFile(_Strict):
@@ -150,7 +151,12 @@ class Trial:
 
     def observation_codes(self) -> frozenset[Coding]:
         """The exact Observation codes the criteria need (for the server query)."""
-        return frozenset(code for a in self.needed_analytes() for code in self.analytes[a].codes)
+        codes: set[Coding] = set()
+        for name in self.needed_analytes():
+            analyte = self.analytes[name]
+            codes.update(analyte.codes)
+            codes.update(analyte.panel_codes)
+        return frozenset(codes)
 
     def cohort_tokens(self) -> frozenset[Coding]:
         tokens: set[Coding] = set()
@@ -239,6 +245,10 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         for alias, code_list in a_model.value_codes.items():
             system = resolve_system(alias, (*base, "value_codes", alias), file)
             value_codes.update(Coding(url, str(c)) for url in system.urls for c in code_list)
+        panel_codes: set[Coding] = set()
+        for alias, code_list in a_model.panels.items():
+            system = resolve_system(alias, (*base, "panels", alias), file)
+            panel_codes.update(Coding(url, str(c)) for url in system.urls for c in code_list)
         codes: dict[Coding, float | None] = {}
         for alias, code_list in a_model.codes.items():
             system = resolve_system(alias, (*base, "codes", alias), file)
@@ -257,6 +267,7 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             codes,
             a_model.unit_if_missing,
             frozenset(value_codes),
+            frozenset(panel_codes),
         )
     other_trials: set[str] | None = None
     for i, lc in enumerate(local.local_codes):
