@@ -9,27 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from adapter import __version__
+from adapter.config import SiteConfig, load_site_config
+from adapter.connect import fhir_client, is_url, open_source
 from adapter.criteria.results import Status
 from adapter.errors import AdapterError, ExitCode, FhirError, TransportError, UsageError
-from adapter.fhir.client import FhirClient
 from adapter.report.explain import explain_table
 from adapter.report.results import results_json, unknown_summary, verdict_json, write_reports
 from adapter.sinks.folder import FolderSink
 from adapter.sinks.resources import StudyInfo, research_study, research_subject
 from adapter.sinks.server import ServerSink, WriteOutcome
-from adapter.sources.base import Source
-from adapter.sources.files import FolderSource
-from adapter.sources.rest import RestSource
 from adapter.sweep import PatientFailure, SweepResult, run_sweep
 from adapter.trials import Trial, load_trial
 
@@ -65,64 +63,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trial-adapter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
+        p.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+        p.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
+        p.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="site configuration (default $TRIAL_ADAPTER_CONFIG): auth, limits, query sizes",
+        )
+        p.add_argument("--timeout", type=float, help="seconds to wait for a server (default 60)")
+
     sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
-    sweep.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
-    sweep.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    common(sweep)
     sweep.add_argument("--sink", help="folder for NDJSON, or FHIR base URL (default: none)")
-    sweep.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
     sweep.add_argument("--out", type=Path, help="report folder (default out/<trial>/<as-of>/)")
-    sweep.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
     sweep.add_argument(
-        "--batch-size", type=_positive, default=100, help="patients per server query (default 100)"
+        "--dry-run",
+        action="store_true",
+        help="read and decide everything, list what would be written, write nothing",
     )
-    sweep.add_argument(
-        "--page-size", type=_positive, default=200, help="_count for server searches (default 200)"
-    )
-    sweep.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait for a server answer (default 60)",
-    )
+    sweep.add_argument("--batch-size", type=_positive, help="patients per server query")
+    sweep.add_argument("--page-size", type=_positive, help="_count for server searches")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
 
     explain = sub.add_parser("explain", help="print the criterion table of one patient")
-    explain.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
-    explain.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    common(explain)
     explain.add_argument("--patient", required=True, help="Patient id (or Patient/<id>)")
-    explain.add_argument("--as-of", type=_as_of, help="evaluation day (default today)")
     explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    explain.add_argument("--mappings", type=Path, help="mappings folder (default: bundled)")
-    explain.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
-    explain.set_defaults(batch_size=1, page_size=200, quiet=True)
+    explain.set_defaults(batch_size=None, page_size=None, quiet=True)
     return parser
 
 
-def _is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
-def _http(timeout: float) -> httpx.AsyncClient:
-    # TLS verification stays on (httpx's default); redirects are checked by FhirClient itself.
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
-
-
-def _source(args: argparse.Namespace, http: httpx.AsyncClient) -> Source:
-    if _is_url(args.source):
-        return RestSource(
-            FhirClient(http, args.source), batch_size=args.batch_size, page_size=args.page_size
+def _site(args: argparse.Namespace) -> SiteConfig:
+    path = args.config or (
+        Path(os.environ["TRIAL_ADAPTER_CONFIG"]) if os.environ.get("TRIAL_ADAPTER_CONFIG") else None
+    )
+    site = load_site_config(path)
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        site = SiteConfig(
+            source=site.source.model_copy(update={"timeout": args.timeout}),
+            sink=site.sink.model_copy(update={"timeout": args.timeout}),
         )
-    return FolderSource(Path(args.source))
+    return site
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    if args.quiet:
+        return lambda _m: None
+    return lambda m: log.info("%s", m)
 
 
 async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
     pid = args.patient.removeprefix("Patient/")
-    async with _http(args.timeout) as http:
-        source = _source(args, http)
-        try:
-            result = await run_sweep(trial, source, as_of, only=frozenset({pid}))
-        finally:
-            await source.aclose()
+    site = _site(args)
+    async with open_source(args.source, site.source, env=os.environ, say=_say(args)) as source:
+        result = await run_sweep(trial, source, as_of, only=frozenset({pid}))
     if result.errors:
         raise UsageError(f"patient not found in the source: {result.errors[0].reason}")
     (verdict,) = result.verdicts
@@ -139,15 +138,19 @@ async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitC
 
 
 async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
-    say = (lambda _m: None) if args.quiet else (lambda m: log.info("%s", m))
+    say = _say(args)
+    site = _site(args)
     out_dir: Path = args.out or Path("out") / trial.id / as_of.isoformat()
-    async with _http(args.timeout) as http:
-        source = _source(args, http)
-        try:
-            result = await run_sweep(trial, source, as_of, progress=say)
-        finally:
-            await source.aclose()
-        writes = await _write(args.sink, trial, result, as_of, http, say)
+    async with open_source(
+        args.source,
+        site.source,
+        env=os.environ,
+        say=say,
+        batch_size=args.batch_size,
+        page_size=args.page_size,
+    ) as source:
+        result = await run_sweep(trial, source, as_of, progress=say)
+    writes = await _write(args, site, trial, result, as_of, say)
     doc = results_json(result, extra={"sink": args.sink and _sink_label(args.sink)})
     for entry in doc["patients"]:
         outcome = writes.get(entry["patient"])
@@ -160,32 +163,39 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
 
 
 def _sink_label(sink: str) -> str:
-    return sink if not _is_url(sink) else sink.split("?", 1)[0]
+    return sink if not is_url(sink) else sink.split("?", 1)[0]
 
 
 async def _write(
-    sink: str | None,
+    args: argparse.Namespace,
+    site: SiteConfig,
     trial: Trial,
     result: SweepResult,
     as_of: date,
-    http: httpx.AsyncClient,
-    say: Any,
+    say: Callable[[str], None],
 ) -> dict[str, str]:
     """Write to the sink; patient -> what was done. Per-patient failures go to result.errors."""
+    sink: str | None = args.sink
     if not sink:
         return {}
     study = StudyInfo(trial.id, trial.study_system, trial.study_value, trial.title)
     flagged = [
         v for v in result.verdicts if v.status in (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
     ]
-    if not _is_url(sink):
+    if not is_url(sink):
         subjects = [
             research_subject(study, v.patient.split("/", 1)[1], v.status, as_of) for v in flagged
         ]
         FolderSink(Path(sink)).write(research_study(study), subjects)
         say(f"wrote {len(subjects)} ResearchSubjects to the sink folder")
         return {v.patient: "written" for v in flagged}
-    server = ServerSink(FhirClient(http, sink), study)
+    async with fhir_client(sink, site.sink, env=os.environ) as client:
+        return await _write_server(ServerSink(client, study), result, as_of, say)
+
+
+async def _write_server(
+    server: ServerSink, result: SweepResult, as_of: date, say: Callable[[str], None]
+) -> dict[str, str]:
     await server.ensure_study()
     writes: dict[str, str] = {}
     for v in result.verdicts:

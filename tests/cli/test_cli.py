@@ -118,7 +118,7 @@ def test_an_unreachable_server_is_fatal_exit_1(tmp_path, capsys):
         "5",
     )
     assert code == 1
-    assert "127.0.0.1:1/fhir/Condition" in err
+    assert "127.0.0.1:1/fhir/metadata" in err
     assert "?" not in err
 
 

@@ -1,0 +1,97 @@
+"""Typed site configuration: how to reach the source and sink FHIR servers.
+
+A site file (YAML, `--config` or `TRIAL_ADAPTER_CONFIG`) holds no secret itself: `auth` names the
+environment variables or files the secrets come from (see adapter.fhir.auth). Relative file paths
+are read from the config file's folder. Example:
+
+```yaml
+source:
+  auth: {type: smart-backend, client_id: trial-adapter, private_key_file: key.pem,
+         algorithm: ES384, kid: key-1}
+  max_concurrent: 2
+  requests_per_second: 10
+sink:
+  auth: {type: bearer, token_env: SINK_TOKEN}
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from adapter import mapfiles
+from adapter.errors import ConfigError, MappingError
+from adapter.fhir.auth import AuthConfig, NoAuthConfig, parse_auth_config
+from adapter.fhir.limits import Limits, RetryPolicy
+
+
+class ServerConfig(BaseModel):
+    """One FHIR server: its authentication, trust, limits and query sizes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    auth: AuthConfig = NoAuthConfig(type="none")
+    #: other origins (scheme://host:port) trusted with the credentials, e.g. a Bulk file server
+    trusted_origins: tuple[str, ...] = ()
+    timeout: float = Field(default=60.0, gt=0)
+    max_concurrent: int = Field(default=4, ge=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_max_wait: float = Field(default=120.0, ge=0)
+    batch_size: int = Field(default=100, ge=1)
+    page_size: int = Field(default=200, ge=1)
+    #: the most results a server returns for one query (public HAPI: 10,000); None: no cap
+    result_cap: int | None = Field(default=10_000, ge=1)
+    #: ask for only the fields the criteria read, where the server honours `_elements`
+    use_elements: bool = True
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: Any) -> AuthConfig:
+        return parse_auth_config(value)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_concurrent=self.max_concurrent, requests_per_second=self.requests_per_second
+        )
+
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retry_attempts, max_wait=self.retry_max_wait)
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    source: ServerConfig = ServerConfig()
+    sink: ServerConfig = ServerConfig()
+
+
+_FILE_KEYS = ("token_file", "password_file", "private_key_file")
+
+
+def load_site_config(path: Path | None) -> SiteConfig:
+    """The site file at `path` (defaults everywhere when None), validated with file and line."""
+    if path is None:
+        return SiteConfig()
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    data, lines = mapfiles.read_yaml(path)
+    if data is None:
+        data = {}
+    if isinstance(data, dict):
+        for side in ("source", "sink"):
+            server = data.get(side)
+            auth = server.get("auth") if isinstance(server, dict) else None
+            if isinstance(auth, dict):
+                for key in _FILE_KEYS:
+                    if isinstance(auth.get(key), str):
+                        auth[key] = str((path.parent / auth[key]).expanduser())
+    try:
+        return mapfiles.validate(SiteConfig, data, path, lines)
+    except MappingError:
+        raise
+    except ValueError as exc:  # pragma: no cover - pydantic wraps validator errors above
+        raise ConfigError(f"{path}: {exc}") from None
