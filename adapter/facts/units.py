@@ -348,6 +348,10 @@ class Units:
         if isinstance(read, Unconvertible):
             return read
         ucum, via, shown = read
+        if _PURE_ANNOTATIONS.fullmatch(canonical) and not _pure_annotation_or_one(ucum):
+            # `%` and `{ratio}` are both dimensionless, so UCUM would convert 70 % to 0.7: a
+            # prothrombin activity in % (Quick) is not a PT ratio, nor is a score or an INR.
+            return Unconvertible(f"unit {shown} is not convertible to {canonical}")
         source = _ucum().parse(_iu(ucum, iu_as_u))
         if isinstance(source, _Refused):  # defensive: every way in was parsed already
             return Unconvertible(f"unit {shown} is not a known unit{_why(source)}")

@@ -697,3 +697,14 @@ def test_one_registry_is_built_once_and_shared() -> None:
     second = Units.load(SYNONYMS)
     assert first.convert(1, "g/dL", "g/L") == second.convert(1, "g/dL", "g/L") == 10.0
     assert _ucum() is _ucum()
+
+
+@pytest.mark.parametrize("canonical", ["{ratio}", "{INR}", "{score}"])
+def test_a_percent_is_not_taken_for_a_ratio_score_or_inr(units: Units, canonical: str) -> None:
+    """Quick prothrombin activity in % must not become a PT ratio of 0.7 (both dimensionless)."""
+    result = units.normalise(70, to=canonical, code="%", system=UCUM, unit="%")
+    assert isinstance(result, Unconvertible)
+    assert "not convertible" in result.reason
+    same = units.normalise(1.2, to=canonical, code=canonical, system=UCUM, unit=None)
+    assert isinstance(same, Normalised)
+    assert same.value == 1.2
