@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,23 @@ import orjson
 from adapter import __version__
 from adapter.config import SiteConfig, load_site_config
 from adapter.connect import fhir_client, is_url, open_source
-from adapter.criteria.results import Status
-from adapter.errors import AdapterError, ExitCode, FhirError, TransportError, UsageError
+from adapter.criteria.results import PatientVerdict, Status
+from adapter.errors import (
+    AdapterError,
+    ExitCode,
+    FhirError,
+    PatientError,
+    TransportError,
+    UsageError,
+)
+from adapter.fhir.capability import read_capabilities
+from adapter.fhir.client import ServerBase
 from adapter.report.explain import explain_table
 from adapter.report.results import results_json, unknown_summary, verdict_json, write_reports
 from adapter.sinks.folder import FolderSink
-from adapter.sinks.resources import StudyInfo, research_study, research_subject
-from adapter.sinks.server import ServerSink, WriteOutcome
+from adapter.sinks.plan import ineligible_outcome
+from adapter.sinks.resources import StudyInfo, research_study, research_subject, trial_policy
+from adapter.sinks.server import ServerSink, SubjectInput
 from adapter.sweep import PatientFailure, SweepResult, run_sweep
 from adapter.trials import Trial, load_trial
 
@@ -157,6 +168,8 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
         if outcome is not None:
             entry["research_subject"] = outcome
     doc["errors"] = [{"patient": e.patient, "reason": e.reason} for e in result.errors]
+    if args.dry_run:
+        doc["planned_writes"] = result.planned_writes
     write_reports(out_dir, doc, result.verdicts)
     _print_summary(result, doc, out_dir, writes)
     return ExitCode.PARTIAL if result.errors else ExitCode.OK
@@ -186,29 +199,83 @@ async def _write(
         subjects = [
             research_subject(study, v.patient.split("/", 1)[1], v.status, as_of) for v in flagged
         ]
+        if args.dry_run:
+            result.planned_writes = [
+                {
+                    "method": "write",
+                    "resource_type": "ResearchSubject",
+                    "resource_id": s["id"],
+                    "condition": None,
+                    "patient": v.patient,
+                    "reason": f"{sink}/ResearchSubject.ndjson",
+                }
+                for s, v in zip(subjects, flagged, strict=True)
+            ]
+            say(f"dry run: would write {len(subjects)} ResearchSubjects to the sink folder")
+            return {v.patient: "would_write" for v in flagged}
         FolderSink(Path(sink)).write(research_study(study), subjects)
         say(f"wrote {len(subjects)} ResearchSubjects to the sink folder")
         return {v.patient: "written" for v in flagged}
+    source: str = args.source
     async with fhir_client(sink, site.sink, env=os.environ) as client:
-        return await _write_server(ServerSink(client, study), result, as_of, say)
+        server = ServerSink(
+            client,
+            study,
+            trial_policy=trial_policy(trial.id, trial.content_hash),
+            capabilities=await read_capabilities(client, probe_elements=False),
+            logical_references=not _same_server(source, sink),
+            source_base=source if is_url(source) else Path(source).resolve().as_uri(),
+            dry_run=args.dry_run,
+        )
+        writes = await _write_server(server, result, as_of, say)
+    if args.dry_run:
+        # The plan names patients: it goes to results.json (see _sweep), never to stderr.
+        result.planned_writes = [dataclasses.asdict(p) for p in server.planned]
+        say(f"dry run: {len(server.planned)} writes planned, none sent")
+    return writes
+
+
+#: Provenance.entity: the evidence types (trial-spec, 'What gets written')
+_EVIDENCE_TYPES = frozenset({"Observation", "Condition", "Procedure", "Patient"})
+
+
+def _entities(verdict: PatientVerdict, versions: Mapping[str, str]) -> tuple[str, ...]:
+    """The evidence behind a verdict, versioned where the source has versions."""
+    refs = [verdict.patient]
+    refs += [e.reference for c in verdict.criteria.values() for e in c.evidence if e.reference]
+    kept = (r for r in refs if r.split("/", 1)[0] in _EVIDENCE_TYPES)
+    return tuple(dict.fromkeys(versions.get(r, r) for r in kept))
+
+
+def _same_server(source: str, sink: str) -> bool:
+    """Whether source and sink are one FHIR server (a parsed comparison of their bases)."""
+    if not is_url(source):
+        return False
+    a, b = ServerBase.parse(source), ServerBase.parse(sink)
+    return (a.origin, a.segments) == (b.origin, b.segments)
 
 
 async def _write_server(
     server: ServerSink, result: SweepResult, as_of: date, say: Callable[[str], None]
 ) -> dict[str, str]:
-    await server.ensure_study()
+    await server.prepare()
     writes: dict[str, str] = {}
     for v in result.verdicts:
         pid = v.patient.split("/", 1)[1]
         try:
             if v.status is Status.INELIGIBLE:
-                existing = await server.existing_status(pid)
-                if existing in ("candidate", "potential-candidate"):
-                    writes[v.patient] = WriteOutcome.NO_LONGER_QUALIFIES.value
+                noted = ineligible_outcome(await server.existing_status(pid))
+                if noted is not None:
+                    writes[v.patient] = noted.value
                 continue
-            writes[v.patient] = (await server.write_subject(pid, v.status, as_of)).value
+            subject = SubjectInput(
+                pid, v.status, _entities(v, result.versions), result.identifiers.get(v.patient)
+            )
+            writes[v.patient] = (await server.write_subject(subject, as_of)).value
         except TransportError:
             raise  # the server is gone: fatal, not one patient's problem
+        except PatientError as exc:
+            result.errors.append(PatientFailure(v.patient, f"write failed: {exc.reason}"))
         except FhirError as exc:
             result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
     counts: dict[str, int] = {}

@@ -42,6 +42,12 @@ class SweepResult:
     stats: Counter[str] = field(default_factory=Counter)
     unusable: Counter[str] = field(default_factory=Counter)
     outside_cohort: list[str] = field(default_factory=list)
+    #: Patient reference -> its first identifier (system, value): logical references in sinks
+    identifiers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: reference -> versioned reference (`Observation/1/_history/3`) of each fact with a version
+    versions: dict[str, str] = field(default_factory=dict)
+    #: a dry run's planned sink writes (adapter.sinks.plan.PlannedWrite as dicts)
+    planned_writes: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
@@ -192,4 +198,13 @@ async def run_sweep(
             )
             continue
         result.verdicts.append(verdict)
+        if info.identifiers:
+            result.identifiers[reference] = info.identifiers[0]
+        versioned = [(info.reference, info.version)]
+        versioned += [(f.reference, f.version) for f in facts.labs]
+        versioned += [(f.reference, f.version) for f in facts.conditions]
+        versioned += [(f.reference, f.version) for f in facts.procedures]
+        for ref, version in versioned:
+            if version:
+                result.versions[ref] = f"{ref}/_history/{version}"
     return result

@@ -12,7 +12,9 @@ import copy
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote, urlencode
 
+import orjson
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.researchstudy import ResearchStudy
@@ -45,6 +47,7 @@ SUBJECT_STATUS: Final = {
 ADAPTER_STATUSES: Final = frozenset(SUBJECT_STATUS.values())
 
 _PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_POLICY_PREFIX: Final = "urn:trial-adapter:trial:"
 
 
 def deterministic_id(system: str, value: str) -> str:
@@ -80,6 +83,66 @@ def subject_id(trial_id: str, patient_id: str) -> str:
 def device_id() -> str:
     """The adapter Device's deterministic id."""
     return deterministic_id(DEVICE_SYSTEM, DEVICE_VALUE)
+
+
+def provenance_id(subject_identifier_value: str, subject_version: str | None) -> str:
+    """The id of the Provenance of one ResearchSubject version (trial-spec, 'What gets written').
+
+    It hashes the subject identifier `system|value` and the version, so a rerun names the same
+    Provenance; without a version (a server that keeps none) it hashes `system|value|`.
+    """
+    return deterministic_id(SUBJECT_SYSTEM, f"{subject_identifier_value}|{subject_version or ''}")
+
+
+def trial_policy(trial_id: str, content_hash: str) -> str:
+    """The Provenance.policy URI naming a trial definition and the sha256 of its file."""
+    return f"{_POLICY_PREFIX}{trial_id}#sha256:{content_hash}"
+
+
+def logical_reference(resource_type: str, system: str, value: str) -> JsonDict:
+    """A Reference by identifier, for a resource the writing server does not hold; no display."""
+    return {"type": resource_type, "identifier": {"system": system, "value": value}}
+
+
+def source_reference(source_base: str, reference: str) -> JsonDict:
+    """A logical Reference to a resource of another server: `Observation/1/_history/3` there.
+
+    The identifier's system is the source server's base URL and its value the (versioned)
+    relative reference, so a reader can find the resource on the server it came from.
+    """
+    return logical_reference(reference.split("/", 1)[0], source_base, reference)
+
+
+def without_id(resource: JsonDict) -> JsonDict:
+    """A copy without `id`, for a create (POST), where the server assigns the id."""
+    created = copy.deepcopy(resource)
+    created.pop("id", None)
+    return created
+
+
+def search_token(system: str, value: str) -> str:
+    """A token search value `system|value`, with the search escapes (R4 3.1.1.4.1)."""
+
+    def escape(text: str) -> str:
+        for char in "\\,$|":
+            text = text.replace(char, "\\" + char)
+        return text
+
+    return f"{escape(system)}|{escape(value)}"
+
+
+def identifier_condition(system: str, value: str) -> str:
+    """The `If-None-Exist` query of a conditional create: `identifier=system|value`, encoded."""
+    return urlencode([("identifier", search_token(system, value))], quote_via=quote, safe=":/|")
+
+
+def has_identifier(resource: JsonDict, system: str, value: str) -> bool:
+    """Whether `resource` carries the identifier `system|value`."""
+    identifiers = resource.get("identifier")
+    return isinstance(identifiers, list) and any(
+        isinstance(i, dict) and i.get("system") == system and i.get("value") == value
+        for i in identifiers
+    )
 
 
 def _meta() -> JsonDict:
@@ -138,8 +201,14 @@ def research_subject(
     status: Status,
     period_start: date,
     individual: JsonDict | None = None,
+    *,
+    study_id: str | None = None,
 ) -> JsonDict:
-    """A patient's ResearchSubject; `individual` defaults to a literal `Patient/<id>` reference."""
+    """A patient's ResearchSubject; `individual` defaults to a literal `Patient/<id>` reference.
+
+    `study_id` is the ResearchStudy's id on the server when the server assigned it (conditional
+    create); by default the study's deterministic id.
+    """
     code = SUBJECT_STATUS.get(status)
     if code is None:
         # trial-spec: an ineligible patient gets no ResearchSubject.
@@ -154,7 +223,7 @@ def research_subject(
             "identifier": [{"system": system, "value": value}],
             "status": code,
             "period": {"start": period_start.isoformat()},
-            "study": {"reference": f"ResearchStudy/{study.resource_id}"},
+            "study": {"reference": f"ResearchStudy/{study_id or study.resource_id}"},
             "individual": (
                 copy.deepcopy(individual)
                 if individual is not None
@@ -193,26 +262,31 @@ def provenance(
     subject_version: str | None,
     subject_identifier_value: str,
     recorded: datetime,
-    entities: Iterable[str],
+    entities: Iterable[str | JsonDict],
     policy: Iterable[str],
+    *,
+    agent: str | None = None,
 ) -> JsonDict:
-    """The Provenance of one ResearchSubject creation or change.
+    """The Provenance of one ResearchSubject creation or change, with its `provenance_id`.
 
-    Its id hashes the subject's identifier `system|value` and the version it records, so a rerun
-    that changes nothing names the same Provenance. `entities` are references (versioned where the
-    source has versions); `policy` the trial definition and its content hash, as URIs.
+    `subject_id` is the subject's id on the server; the target cites `subject_version`. `entities`
+    are the evidence: literal references (versioned where the source has versions) or Reference
+    objects (logical references to another server). `policy` names the trial definition and its
+    content hash (`trial_policy`). `agent` is the adapter Device's reference on the server, by
+    default `Device/<deterministic id>`.
     """
     if recorded.tzinfo is None or recorded.utcoffset() is None:
         raise ValueError("Provenance.recorded needs a time zone (FHIR instant)")
     target = f"ResearchSubject/{subject_id}"
     if subject_version is not None:
         target += f"/_history/{subject_version}"
-    sources = list(dict.fromkeys(entities))  # unique, first-seen order: reruns write equal JSON
-    # Without a version (a server that keeps none) the id hashes `system|value|`.
-    recorded_version = subject_version or ""
+    # Unique, first-seen order, so reruns write equal JSON.
+    whats = {
+        _key(e): {"reference": e} if isinstance(e, str) else copy.deepcopy(e) for e in entities
+    }
     resource: JsonDict = {
         "resourceType": "Provenance",
-        "id": deterministic_id(SUBJECT_SYSTEM, f"{subject_identifier_value}|{recorded_version}"),
+        "id": provenance_id(subject_identifier_value, subject_version),
         "meta": _meta(),
         "target": [{"reference": target}],
         "recorded": recorded.isoformat(),
@@ -220,12 +294,19 @@ def provenance(
         "agent": [
             {
                 "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
-                "who": {"reference": f"Device/{device_id()}"},
+                "who": {"reference": agent or f"Device/{device_id()}"},
             }
         ],
     }
     if not resource["policy"]:
         del resource["policy"]  # FHIR forbids empty arrays
-    if sources:
-        resource["entity"] = [{"role": "source", "what": {"reference": ref}} for ref in sources]
+    if whats:
+        resource["entity"] = [{"role": "source", "what": what} for what in whats.values()]
     return _validated(Provenance, resource)
+
+
+def _key(entity: str | JsonDict) -> str:
+    """A reference string as it is, a Reference object as canonical JSON: for deduplication."""
+    if isinstance(entity, str):
+        return entity
+    return orjson.dumps(entity, option=orjson.OPT_SORT_KEYS).decode()

@@ -1,118 +1,358 @@
-"""The FHIR server sink: the trial's ResearchStudy and one ResearchSubject per patient.
+"""The FHIR server sink: the trial's ResearchStudy, the adapter's Device, and per patient one
+ResearchSubject and a Provenance for each creation or change of it.
 
-Resources live at their deterministic ids (adapter.sinks.resources), so a read by id tells whether
-one exists and a PUT on that id creates it (update-as-create). The rules (trial-spec, 'What gets
-written'): the study is created once and never rewritten; a subject whose status people changed
-(anything but candidate / potential-candidate) is never touched; potential-candidate -> candidate
-is the one update, made with If-Match on the version read; nothing is ever deleted.
+How a resource is found and created depends on what the server can do (`ServerCapabilities`):
+
+- it can search the type by `identifier`: a search (sent with `Prefer: handling=strict`, so a server
+  that does not know the parameter refuses it rather than ignoring it and answering with every
+  resource), then a conditional create (`POST` with `If-None-Exist`); the server assigns the id;
+- it cannot, or no capabilities were given: a read of the deterministic id, then a `PUT` on it.
+
+What is written follows adapter.sinks.plan. Everything is read before it is written, one write at a
+time, so a rerun that changes nothing sends only reads. The one update carries `If-Match`. Each
+ResearchSubject creation or change gets a Provenance, PUT on an id that hashes the subject's
+identifier and version. Problems of one patient raise `PatientError` (message without patient
+ids); a dry run sends only reads and lists what it would write in `planned`.
+
+Known limits: on the search path a resource people deleted cannot be told from one never written
+(deleted resources leave searches), so it is written again; on the id path its 410 Gone keeps it
+deleted. On the id path, a resource created by someone else between the read and the `PUT` is
+overwritten (FHIR has no create-only `PUT`); a conditional create has no such gap. Resources
+created on one path are not found on the other when a server's capabilities change.
 """
 
 from __future__ import annotations
 
-import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import orjson
 
-from adapter.criteria.results import Status
-from adapter.errors import HttpStatusError, InvalidResponseError
-from adapter.sinks import resources
+from adapter.errors import (
+    FhirError,
+    HttpStatusError,
+    InvalidResponseError,
+    PatientError,
+    TransportError,
+)
+from adapter.sinks import plan, resources
+from adapter.sinks.plan import Action, PlannedWrite, SubjectInput, WriteOutcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import date
 
-    import httpx
-
+    from adapter.fhir.capability import ServerCapabilities
     from adapter.fhir.client import FhirClient
     from adapter.sinks.resources import JsonDict, StudyInfo
 
+__all__ = ["PlannedWrite", "ServerSink", "SubjectInput", "WriteOutcome"]
+
+_CREATED = 201
 _NOT_FOUND = 404
 _GONE = 410  # deleted: by people, since the adapter never deletes
+_PRECONDITION_FAILED = 412
+# sekmet-fhir and HAPI ignore an unknown search parameter unless asked to be strict (R4 3.1.1.5.1);
+# ignored, `identifier=` would match every resource of the type.
+_STRICT = {"Prefer": "handling=strict"}
 
 
-class WriteOutcome(enum.StrEnum):
-    """What `ServerSink.write_subject` did."""
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A resource on the server: its id, its body and version."""
 
-    CREATED = "created"
-    UPDATED = "updated"  # potential-candidate -> candidate
-    UNCHANGED = "unchanged"
-    KEPT_HUMAN_STATUS = "kept_human_status"  # a status people set (or a deletion): never touched
-    NO_LONGER_QUALIFIES = "no_longer_qualifies"  # candidate now potential-candidate: not changed
+    id: str
+    body: JsonDict
+    version: str | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ServerSink:
-    """Writes the trial's ResearchStudy and its ResearchSubjects to a FHIR server."""
+    """Writes the trial's ResearchStudy, the Device, ResearchSubjects and their Provenance.
 
-    def __init__(self, client: FhirClient, study: StudyInfo) -> None:
+    `trial_policy` is the Provenance policy (`resources.trial_policy`). `capabilities` choose the
+    search path per resource type (None: deterministic ids throughout). With `logical_references`
+    (the sink is another server than the source) the patient is named by identifier and evidence
+    by `source_base` + reference. `now` is the clock of Provenance.recorded.
+    """
+
+    def __init__(
+        self,
+        client: FhirClient,
+        study: StudyInfo,
+        *,
+        trial_policy: str,
+        capabilities: ServerCapabilities | None = None,
+        logical_references: bool = False,
+        source_base: str | None = None,
+        dry_run: bool = False,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if logical_references and not source_base:
+            raise ValueError("logical references need the source server's base URL")
         self._client = client
         self._study = study
+        self._policy = trial_policy
+        self._capabilities = capabilities
+        self._logical = logical_references
+        self._source_base = source_base or ""
+        self.dry_run = dry_run
+        self._now = now
+        #: every write decided, in order: sent, unless `dry_run`
+        self.planned: list[PlannedWrite] = []
+        self._study_id: str | None = None
+        self._device_ref: str | None = None
 
-    async def ensure_study(self) -> None:
-        """Create the ResearchStudy if it is missing; an existing one is left as it is.
+    def by_identifier(self, resource_type: str) -> bool:
+        """Whether `resource_type` is searched by identifier and created conditionally."""
+        caps = self._capabilities
+        return caps is not None and caps.searches(resource_type, "identifier")
 
-        A deleted study (410 Gone) raises HttpStatusError: people removed it on purpose, and new
-        subjects would point at nothing.
+    async def prepare(self) -> None:
+        """Find the ResearchStudy and the Device, creating each if missing; never rewritten.
+
+        On the id path a deleted one (410 Gone) raises HttpStatusError: people removed it on
+        purpose. Several with the identifier raise FhirError: the adapter will not choose.
         """
-        study_id = self._study.resource_id
-        if await self._read("ResearchStudy", study_id) is None:
-            await self._put("ResearchStudy", study_id, resources.research_study(self._study))
+        study = self._study
+        self._study_id = await self._ensure(
+            "ResearchStudy",
+            (study.identifier_system, study.identifier_value),
+            resources.research_study(study),
+        )
+        device_id = await self._ensure(
+            "Device", (resources.DEVICE_SYSTEM, resources.DEVICE_VALUE), resources.device()
+        )
+        self._device_ref = f"Device/{device_id}"
 
     async def existing_status(self, patient_id: str) -> str | None:
         """The status of the patient's ResearchSubject on the server; None when there is none."""
         try:
-            existing = await self._read("ResearchSubject", self._subject_id(patient_id))
+            stored = await self._find_subject(f"Patient/{patient_id}", patient_id)
         except HttpStatusError as exc:
             if exc.status == _GONE:
                 return None
             raise
-        return None if existing is None else _status_of(existing[0])
+        return None if stored is None else _status_of(stored)
 
-    async def write_subject(self, patient_id: str, status: Status, as_of: date) -> WriteOutcome:
-        """Create or update the patient's ResearchSubject, by the rules above."""
-        wanted = resources.SUBJECT_STATUS.get(status)
-        if wanted is None:
-            raise ValueError(f"no ResearchSubject is written for status {status}")
-        subject_id = self._subject_id(patient_id)
+    async def write_subject(self, subject: SubjectInput, as_of: date) -> WriteOutcome:
+        """Create or update the patient's ResearchSubject by the rules, with its Provenance.
+
+        `as_of` becomes period.start of a new subject. Raises PatientError for this patient's
+        problems (several matches, a concurrent change, no identifier for a logical reference).
+        """
+        if subject.status not in resources.SUBJECT_STATUS:
+            raise ValueError(f"no ResearchSubject is written for status {subject.status}")
+        if self._study_id is None:
+            raise RuntimeError("ServerSink.prepare() must run before write_subject()")
         try:
-            existing = await self._read("ResearchSubject", subject_id)
+            stored = await self._find_subject(subject.patient, subject.patient_id)
         except HttpStatusError as exc:
             if exc.status == _GONE:  # a person deleted it (a PUT would resurrect it): it stands
                 return WriteOutcome.KEPT_HUMAN_STATUS
             raise
-        if existing is None:
-            subject = resources.research_subject(self._study, patient_id, status, as_of)
-            await self._put("ResearchSubject", subject_id, subject)
-            return WriteOutcome.CREATED
-        current, version = existing
-        have = _status_of(current)
-        if have == wanted:
-            return WriteOutcome.UNCHANGED
-        if have not in resources.ADAPTER_STATUSES:
-            return WriteOutcome.KEPT_HUMAN_STATUS
-        if status is Status.POTENTIAL_CANDIDATE:
-            # trial-spec: a candidate that falls back is reported, never downgraded.
-            return WriteOutcome.NO_LONGER_QUALIFIES
-        url = f"ResearchSubject/{subject_id}"
-        if version is None:
+        decision = plan.decide(None if stored is None else _status_of(stored), subject.status)
+        if decision.action is Action.CREATE:
+            written = await self._create_subject(subject, self._study_id, as_of)
+        elif decision.action is Action.UPDATE and stored is not None:
+            written = await self._update_subject(subject, stored)
+        else:
+            return decision.outcome
+        if written is None:
+            self._plan("PUT", "Provenance", "provenance of the ResearchSubject written", subject)
+            return plan.dry(decision.outcome)
+        await self._write_provenance(subject, written)
+        return decision.outcome
+
+    async def _ensure(self, kind: str, identifier: tuple[str, str], resource: JsonDict) -> str:
+        """The id of the one `kind` with `identifier`, created from `resource` if missing."""
+        if not self.by_identifier(kind):
+            resource_id = str(resource["id"])
+            if await self._read(kind, resource_id) is None:
+                self._plan("PUT", kind, f"no {kind} yet", resource_id=resource_id)
+                if not self.dry_run:
+                    await self._put(kind, resource_id, resource)
+            return resource_id
+        found, count = await self._search(kind, *identifier)
+        if count > 1:
+            raise FhirError(
+                f"{count} {kind} resources carry the identifier {'|'.join(identifier)}; "
+                "the adapter writes one and will not choose: remove the others",
+                url=self._client.url(kind),
+            )
+        if found:
+            return found[0].id
+        condition = resources.identifier_condition(*identifier)
+        self._plan("POST", kind, f"no {kind} yet", condition=condition)
+        if self.dry_run:
+            return str(resource["id"])  # a stand-in: nothing is built on it but plans
+        response = await self._create(kind, resource, condition)
+        return _written(response, kind)[0]
+
+    async def _find_subject(self, patient: str, patient_id: str) -> _Stored | None:
+        """The patient's ResearchSubject; None when there is none. 410 Gone raises."""
+        system, value = resources.subject_identifier(self._study.trial_id, patient_id)
+        if not self.by_identifier("ResearchSubject"):
+            return await self._read("ResearchSubject", resources.deterministic_id(system, value))
+        found, count = await self._search("ResearchSubject", system, value)
+        if count > 1:
+            raise PatientError(
+                patient,
+                f"{count} ResearchSubjects carry its identifier on the server; "
+                "left for people to resolve",
+            )
+        return found[0] if found else None
+
+    async def _create_subject(
+        self, subject: SubjectInput, study_id: str, as_of: date
+    ) -> tuple[str, str | None] | None:
+        """Create the subject: its id and version, or None in a dry run."""
+        body = resources.research_subject(
+            self._study,
+            subject.patient_id,
+            subject.status,
+            as_of,
+            self._individual(subject),
+            study_id=study_id,
+        )
+        reason = f"new {body['status']}"
+        if not self.by_identifier("ResearchSubject"):
+            self._plan("PUT", "ResearchSubject", reason, subject, resource_id=body["id"])
+            if self.dry_run:
+                return None
+            return _written(await self._put("ResearchSubject", body["id"], body), "ResearchSubject")
+        condition = resources.identifier_condition(
+            *resources.subject_identifier(self._study.trial_id, subject.patient_id)
+        )
+        self._plan("POST", "ResearchSubject", reason, subject, condition=condition)
+        if self.dry_run:
+            return None
+        try:
+            response = await self._create("ResearchSubject", body, condition)
+        except HttpStatusError as exc:
+            if exc.status != _PRECONDITION_FAILED:
+                raise
+            # Several matches: the server will not choose, and neither does the adapter.
+            raise PatientError(
+                subject.patient,
+                "several ResearchSubjects match its identifier (HTTP 412 on the conditional "
+                "create); left for people to resolve",
+            ) from exc
+        if response.status_code != _CREATED:
+            # 200: the condition matched, so someone else created it after the search.
+            raise PatientError(
+                subject.patient,
+                "its ResearchSubject appeared on the server since it was read; "
+                "left for the next run",
+            )
+        return _written(response, "ResearchSubject")
+
+    async def _update_subject(
+        self, subject: SubjectInput, stored: _Stored
+    ) -> tuple[str, str | None] | None:
+        """potential-candidate -> candidate, with If-Match: its id and version, or None (dry)."""
+        url = self._client.url(f"ResearchSubject/{stored.id}")
+        if stored.version is None:
             raise InvalidResponseError(
                 "the server gave no version for a ResearchSubject, so it cannot be updated safely",
                 url=url,
             )
         try:
-            updated = resources.with_status(current, status)
+            updated = resources.with_status(stored.body, subject.status)
         except ValueError as exc:
             raise InvalidResponseError(
                 f"the server's ResearchSubject is not valid R4, not updating it: {exc}", url=url
             ) from None
-        # A 412 (changed since the read) propagates as HttpStatusError; the next run retries.
-        await self._put("ResearchSubject", subject_id, updated, if_match=version)
-        return WriteOutcome.UPDATED
+        reason = f"{_status_of(stored)} now {updated['status']}"
+        self._plan("PUT", "ResearchSubject", reason, subject, resource_id=stored.id)
+        if self.dry_run:
+            return None
+        try:
+            response = await self._put(
+                "ResearchSubject", stored.id, updated, if_match=stored.version
+            )
+        except HttpStatusError as exc:
+            if exc.status != _PRECONDITION_FAILED:
+                raise
+            raise PatientError(
+                subject.patient,
+                "its ResearchSubject changed on the server since it was read; "
+                "left for the next run",
+            ) from exc
+        return _written(response, "ResearchSubject", stored.id)
 
-    def _subject_id(self, patient_id: str) -> str:
-        return resources.subject_id(self._study.trial_id, patient_id)
+    async def _write_provenance(
+        self, subject: SubjectInput, written: tuple[str, str | None]
+    ) -> None:
+        """PUT the Provenance of the subject version just written (idempotent: its id is fixed)."""
+        subject_id, version = written
+        _, value = resources.subject_identifier(self._study.trial_id, subject.patient_id)
+        body = resources.provenance(
+            subject_id,
+            version,
+            value,
+            self._now(),
+            [self._entity(reference, subject) for reference in subject.entities],
+            [self._policy],
+            agent=self._device_ref,
+        )
+        self._plan(
+            "PUT",
+            "Provenance",
+            "provenance of the ResearchSubject written",
+            subject,
+            resource_id=body["id"],
+        )
+        try:
+            await self._put("Provenance", body["id"], body)
+        except TransportError:
+            raise
+        except FhirError as exc:
+            raise PatientError(
+                subject.patient,
+                f"its ResearchSubject was written but its Provenance was not: {exc}",
+            ) from exc
 
-    async def _read(self, kind: str, resource_id: str) -> tuple[JsonDict, str | None] | None:
-        """The resource and its version; None on 404. Other errors (410 too) raise."""
+    def _individual(self, subject: SubjectInput) -> JsonDict | None:
+        """ResearchSubject.individual: None (a literal `Patient/<id>`) or a logical reference."""
+        if not self._logical:
+            return None
+        if subject.patient_identifier is None:
+            raise PatientError(
+                subject.patient,
+                "the patient has no identifier with system and value on the source, so the "
+                "sink server cannot be told who it is; not written",
+            )
+        return resources.logical_reference("Patient", *subject.patient_identifier)
+
+    def _entity(self, reference: str, subject: SubjectInput) -> str | JsonDict:
+        """A Provenance entity: the reference itself, or a logical reference to the source."""
+        if not self._logical:
+            return reference
+        if reference.split("/", 1)[0] == "Patient" and subject.patient_identifier is not None:
+            return resources.logical_reference("Patient", *subject.patient_identifier)
+        return resources.source_reference(self._source_base, reference)
+
+    def _plan(
+        self,
+        method: str,
+        kind: str,
+        reason: str,
+        subject: SubjectInput | None = None,
+        *,
+        resource_id: str | None = None,
+        condition: str | None = None,
+    ) -> None:
+        patient = None if subject is None else subject.patient
+        self.planned.append(PlannedWrite(method, kind, reason, resource_id, condition, patient))
+
+    async def _read(self, kind: str, resource_id: str) -> _Stored | None:
+        """The resource at `kind/resource_id`; None on 404. Other errors (410 too) raise."""
         url = f"{kind}/{resource_id}"
         try:
             response = await self._client.request("GET", url)
@@ -121,45 +361,135 @@ class ServerSink:
                 return None
             raise
         body = _resource(response, kind, resource_id, url)
-        return body, _version_of(body, response)
+        return _Stored(resource_id, body, _version_of(body, response))
+
+    async def _search(self, kind: str, system: str, value: str) -> tuple[list[_Stored], int]:
+        """The `kind`s with this identifier, and how many the server says match in all."""
+        url = self._client.url(kind, [("identifier", resources.search_token(system, value))])
+        response = await self._client.request("GET", url, headers=_STRICT)
+        bundle = _json(response, url)
+        if bundle.get("resourceType") != "Bundle":
+            raise InvalidResponseError(f"the {kind} search did not answer a Bundle", url=url)
+        found: list[_Stored] = []
+        for entry in _list(bundle.get("entry")):
+            search = entry.get("search") if isinstance(entry, dict) else None
+            mode = search.get("mode") if isinstance(search, dict) else None
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if mode not in (None, "match") or not isinstance(resource, dict):
+                continue  # includes, and the OperationOutcome of warnings
+            if resource.get("resourceType") != kind or not resources.has_identifier(
+                resource, system, value
+            ):
+                # Never take a resource that is not ours: the server ignored the parameter.
+                raise InvalidResponseError(
+                    f"the {kind} search by identifier matched resources without it", url=url
+                )
+            resource_id = resource.get("id")
+            if not isinstance(resource_id, str) or not resource_id:
+                raise InvalidResponseError(f"a {kind} in the search has no id", url=url)
+            found.append(_Stored(resource_id, resource, _meta_version(resource)))
+        total = bundle.get("total")
+        return found, max(len(found), total if isinstance(total, int) else 0)
+
+    async def _create(self, kind: str, body: JsonDict, condition: str) -> httpx.Response:
+        # A conditional create may be retried (adapter.fhir.client.is_idempotent).
+        headers = {"If-None-Exist": condition}
+        return await self._client.request(
+            "POST", kind, json=resources.without_id(body), headers=headers
+        )
 
     async def _put(
         self, kind: str, resource_id: str, body: JsonDict, *, if_match: str | None = None
-    ) -> None:
+    ) -> httpx.Response:
         headers = {"If-Match": f'W/"{if_match}"'} if if_match is not None else None
-        await self._client.request("PUT", f"{kind}/{resource_id}", json=body, headers=headers)
+        return await self._client.request(
+            "PUT", f"{kind}/{resource_id}", json=body, headers=headers
+        )
+
+
+def _json(response: httpx.Response, url: str) -> JsonDict:
+    try:
+        body: Any = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise InvalidResponseError("the answer is not JSON", url=url) from None
+    if not isinstance(body, dict):
+        raise InvalidResponseError("the answer is not a JSON object", url=url)
+    return body
 
 
 def _resource(response: httpx.Response, kind: str, resource_id: str, url: str) -> JsonDict:
     """The response body, checked to be the resource that was read."""
-    try:
-        body: Any = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise InvalidResponseError(f"the {kind} read is not JSON", url=url) from None
-    if not isinstance(body, dict) or body.get("resourceType") != kind:
+    body = _json(response, url)
+    if body.get("resourceType") != kind:
         raise InvalidResponseError(f"the {kind} read is not a {kind}", url=url)
     if body.get("id") not in (None, resource_id):
         raise InvalidResponseError(f"the {kind} read has another id", url=url)
     return body
 
 
-def _status_of(subject: JsonDict) -> str:
-    status = subject.get("status")
+def _written(
+    response: httpx.Response, kind: str, resource_id: str | None = None
+) -> tuple[str, str | None]:
+    """The id and version of what a create or update wrote.
+
+    From the body when the server returned it, else from the Location
+    (`.../ResearchSubject/x/_history/1`); the version from meta.versionId, the ETag or Location.
+    """
+    body: Any = None
+    if response.content:
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+    if not isinstance(body, dict) or body.get("resourceType") != kind:
+        body = {}
+    located_id, located_version = _location(response.headers.get("Location", ""), kind)
+    written_id = body.get("id") if isinstance(body.get("id"), str) else None
+    written_id = written_id or located_id or resource_id
+    if not written_id:
+        raise InvalidResponseError(
+            f"the server's answer to the {kind} write names no id", url=str(response.request.url)
+        )
+    version = _meta_version(body) or _etag_version(response) or located_version
+    return written_id, version
+
+
+def _location(location: str, kind: str) -> tuple[str | None, str | None]:
+    """Id and version from a Location `[base]/kind/id/_history/vid` (absolute or relative)."""
+    parts = [p for p in location.split("?", 1)[0].split("/") if p]
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] == kind:
+            rest = parts[index + 1 :]
+            version = rest[2] if len(rest) >= 3 and rest[1] == "_history" else None
+            return rest[0], version
+    return None, None
+
+
+def _status_of(stored: _Stored) -> str:
+    status = stored.body.get("status")
     if not isinstance(status, str):
         raise InvalidResponseError(
-            "a ResearchSubject on the server has no status",
-            url=f"ResearchSubject/{subject.get('id', '')}",
+            "a ResearchSubject on the server has no status", url=f"ResearchSubject/{stored.id}"
         )
     return status
 
 
-def _version_of(resource: JsonDict, response: httpx.Response) -> str | None:
-    """meta.versionId, else the ETag (`W/"3"` -> `3`), else None."""
+def _meta_version(resource: JsonDict) -> str | None:
     meta = resource.get("meta")
-    if isinstance(meta, dict) and isinstance(meta.get("versionId"), str) and meta["versionId"]:
-        return str(meta["versionId"])
-    etag = response.headers.get("ETag", "").strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    etag = etag.strip('"')
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
+def _etag_version(response: httpx.Response) -> str | None:
+    """The ETag's version: `W/"3"` -> `3`."""
+    etag = response.headers.get("ETag", "").strip().removeprefix("W/").strip('"')
     return etag or None
+
+
+def _version_of(resource: JsonDict, response: httpx.Response) -> str | None:
+    """meta.versionId, else the ETag, else None."""
+    return _meta_version(resource) or _etag_version(response)
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []

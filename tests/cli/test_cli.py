@@ -264,3 +264,15 @@ def test_explain_an_unknown_patient_exits_2(capsys):
     )
     assert code == 2
     assert "nobody" not in err
+
+
+def test_dry_run_with_a_folder_sink_writes_nothing_and_lists_the_plan(tmp_path, capsys):
+    """--dry-run: everything is decided, the plan is in results.json, the sink stays empty."""
+    sink = tmp_path / "sink"
+    code, _, err = run(capsys, *demo_sweep(tmp_path, "--sink", str(sink), "--dry-run"))
+    assert code == 0
+    assert not sink.exists()
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    flagged = {p["patient"] for p in doc["patients"] if p["status"] != "ineligible"}
+    assert {w["patient"] for w in doc["planned_writes"]} == flagged
+    assert "demo-" not in err

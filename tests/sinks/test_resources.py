@@ -186,3 +186,87 @@ def test_provenance_refuses_a_naive_recorded_time() -> None:
     """recorded is a FHIR instant, so it needs a time zone."""
     with pytest.raises(ValueError, match="time zone"):
         resources.provenance("ta-x", "1", "t/p", datetime(2026, 6, 15, 9, 30), [], [])
+
+
+def test_provenance_id_is_the_spec_hash_of_identifier_and_version() -> None:
+    """provenance_id hashes `system|value|version` of the subject identifier."""
+    got = resources.provenance_id("t/p", "3")
+    assert got == spec_id("urn:trial-adapter:research-subject", "t/p|3")
+    assert resources.provenance_id("t/p", None) == spec_id(
+        "urn:trial-adapter:research-subject", "t/p|"
+    )
+
+
+def test_provenance_takes_logical_entities_and_another_agent() -> None:
+    """Reference objects are entities as given (deduplicated); agent names the server's Device."""
+    logical = {"type": "Observation", "identifier": {"system": "https://ehr/fhir", "value": "x"}}
+    same = {"identifier": {"value": "x", "system": "https://ehr/fhir"}, "type": "Observation"}
+    prov = resources.provenance(
+        "1002", "1", "t/p", RECORDED, [logical, same, "Patient/p"], [], agent="Device/1001"
+    )
+    Provenance.model_validate(prov)
+    assert prov["entity"] == [
+        {"role": "source", "what": logical},
+        {"role": "source", "what": {"reference": "Patient/p"}},
+    ]
+    assert prov["entity"][0]["what"] is not logical
+    assert prov["agent"][0]["who"] == {"reference": "Device/1001"}
+    assert prov["target"] == [{"reference": "ResearchSubject/1002/_history/1"}]
+
+
+def test_trial_policy_names_the_trial_and_its_content_hash() -> None:
+    """The policy URI is urn:trial-adapter:trial:<id>#sha256:<hash>."""
+    policy = resources.trial_policy("hcc-ablation-lenvatinib-pd1", "ab12")
+    assert policy == "urn:trial-adapter:trial:hcc-ablation-lenvatinib-pd1#sha256:ab12"
+
+
+def test_logical_references_carry_type_and_identifier_only() -> None:
+    """Logical references: type and identifier, no literal reference and no display."""
+    assert resources.logical_reference("Patient", "urn:oid:1.2", "MRN-9") == {
+        "type": "Patient",
+        "identifier": {"system": "urn:oid:1.2", "value": "MRN-9"},
+    }
+    assert resources.source_reference("https://ehr/fhir", "Observation/1/_history/3") == {
+        "type": "Observation",
+        "identifier": {"system": "https://ehr/fhir", "value": "Observation/1/_history/3"},
+    }
+
+
+def test_research_subject_cites_a_server_assigned_study_id() -> None:
+    """study_id replaces the deterministic ResearchStudy id in the study reference."""
+    subject = resources.research_subject(STUDY, "p", Status.CANDIDATE, AS_OF, study_id="1001")
+    assert subject["study"] == {"reference": "ResearchStudy/1001"}
+
+
+def test_without_id_copies_the_resource_without_its_id() -> None:
+    """A create (POST) body has no id; the input keeps it."""
+    study = resources.research_study(STUDY)
+    created = resources.without_id(study)
+    assert "id" not in created
+    assert created | {"id": study["id"]} == study
+    assert "id" in study
+
+
+@pytest.mark.parametrize(
+    ("system", "value", "condition"),
+    [
+        ("urn:trial-adapter:device", "trial-adapter", "urn:trial-adapter:device|trial-adapter"),
+        ("https://clinicaltrials.gov", "NCT05803928", "https://clinicaltrials.gov|NCT05803928"),
+        ("urn:x", "a|b,c$d", "urn:x|a%5C|b%5C%2Cc%5C%24d"),
+        ("urn:x", "two words&more", "urn:x|two%20words%26more"),
+    ],
+)
+def test_identifier_condition_escapes_the_token_and_encodes_the_query(
+    system: str, value: str, condition: str
+) -> None:
+    """If-None-Exist: identifier=system|value, with FHIR search escapes, percent-encoded."""
+    assert resources.identifier_condition(system, value) == f"identifier={condition}"
+
+
+def test_has_identifier_needs_system_and_value_to_match() -> None:
+    """Only an identifier with both the system and the value counts."""
+    study = resources.research_study(STUDY)
+    assert resources.has_identifier(study, "https://clinicaltrials.gov", "NCT05803928")
+    assert not resources.has_identifier(study, "https://clinicaltrials.gov", "NCT0")
+    assert not resources.has_identifier(study, "urn:other", "NCT05803928")
+    assert not resources.has_identifier({"identifier": "NCT05803928"}, "a", "NCT05803928")
