@@ -1,0 +1,124 @@
+"""The site configuration file: typed, validated with file and line, secrets never inline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapter.cli import main
+from adapter.config import load_site_config
+from adapter.errors import ConfigError, MappingError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_means_defaults():
+    """Without a site file: no auth, 4 requests at once, batches of 100, pages of 200."""
+    site = load_site_config(None)
+    assert site.source.auth.type == "none"
+    assert (site.source.max_concurrent, site.source.batch_size, site.source.page_size) == (
+        4,
+        100,
+        200,
+    )
+    assert site.source.limits().max_concurrent == 4
+    assert site.source.retry().attempts == 5
+
+
+def test_a_full_file_is_read_and_relative_secret_files_are_next_to_it(tmp_path):
+    """Auth, limits and sizes per server; a relative key file is read from the file's folder."""
+    path = write(
+        tmp_path,
+        """
+source:
+  auth: {type: smart-backend, client_id: c1, private_key_file: keys/k.pem, algorithm: ES384,
+         kid: k1}
+  max_concurrent: 2
+  requests_per_second: 5
+  batch_size: 50
+sink:
+  auth: {type: bearer, token_env: SINK_TOKEN}
+  timeout: 30
+""",
+    )
+    site = load_site_config(path)
+    assert site.source.auth.type == "smart-backend"
+    assert site.source.auth.private_key_file == tmp_path / "keys" / "k.pem"  # type: ignore[union-attr]
+    assert site.source.limits().requests_per_second == 5
+    assert site.source.batch_size == 50
+    assert site.sink.auth.token_env == "SINK_TOKEN"  # type: ignore[union-attr]
+    assert site.sink.timeout == 30
+
+
+def test_a_secret_written_in_the_file_is_refused_without_echoing_it(tmp_path):
+    """Secrets come from the environment or files, never from the configuration itself."""
+    path = write(tmp_path, "source:\n  auth: {type: bearer, token: s3cr3t-value}\n")
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert "s3cr3t-value" not in str(info.value)
+    assert info.value.line == 2
+
+
+def test_a_bad_value_names_file_line_and_field(tmp_path):
+    """A typo fails at start with file, line and field."""
+    path = write(tmp_path, "source:\n  max_concurent: 2\n")
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert (info.value.line, info.value.field) == (2, "source.max_concurent")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path):
+    """--config pointing nowhere."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_site_config(tmp_path / "nope.yaml")
+
+
+def test_the_cli_exits_2_on_a_bad_site_file_and_reads_trial_adapter_config(
+    tmp_path, capsys, monkeypatch
+):
+    """--config or TRIAL_ADAPTER_CONFIG: a bad file is exit 2 with one line."""
+    path = write(tmp_path, "source:\n  timeout: -1\n")
+    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+    monkeypatch.setenv("TRIAL_ADAPTER_CONFIG", str(path))
+    code = main(
+        [
+            "sweep",
+            "--trial",
+            "hcc-ablation-lenvatinib-pd1",
+            "--source",
+            str(demo),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "site.yaml:2" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_secret_variable_is_named_at_start(tmp_path, capsys, monkeypatch):
+    """A bearer token variable that is not set stops the sweep with exit 2, naming the variable."""
+    path = write(tmp_path, "source:\n  auth: {type: bearer, token_env: NO_SUCH_TOKEN_VAR}\n")
+    monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
+    code = main(
+        [
+            "sweep",
+            "--trial",
+            "hcc-ablation-lenvatinib-pd1",
+            "--source",
+            "http://127.0.0.1:1/fhir",
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "NO_SUCH_TOKEN_VAR" in err
