@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint bench clean
+.PHONY: help demo demo-server test test-live lint bench clean
 .DEFAULT_GOAL := help
 
 help:
@@ -12,6 +12,8 @@ help:
 	@echo "make test   - run the whole test suite (unit, golden, integration)"
 	@echo "make lint   - ruff and mypy --strict"
 	@echo "make bench  - benchmarks over the shared Synthea data"
+	@echo "make demo-server - the demo on a local FHIR server: load, sweep (source+sink), list ResearchSubjects"
+	@echo "make test-live   - FHIR_BASE_URL=<base> make test-live: the suite against a live server"
 
 # The venv is rebuilt when pyproject.toml changes (a stale venv is as bad as none).
 $(STAMP): pyproject.toml
@@ -28,6 +30,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tools/run-tests.sh
 
+demo-server: $(STAMP)
+	bash tools/demo-server.sh
+
+test-live: $(STAMP)
+	bash tools/test-live.sh
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_sweep.py
 
@@ -37,4 +45,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .venv-fhir .fhir-server out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-fhir .fhir-server .fhir-server-smart out .pytest_cache .mypy_cache .ruff_cache

@@ -8,21 +8,65 @@
 # The server runs from its own venv (.venv-fhir, rebuilt when requirements.txt is newer), detached
 # in its own session so that it outlives this script. State (settings, PID, log) is kept in
 # .fhir-server/. Environment: FHIR_PORT (default 8765; when unset and 8765 is taken, any free
-# port), FHIR_START_TIMEOUT (seconds, default 60), PYTHON (default python3).
+# port), FHIR_START_TIMEOUT (seconds, default 60), PYTHON (default python3), FHIR_STATE_DIR (the
+# state folder, default .fhir-server/).
+#
+# A second instance with SMART Backend Services enforced (every /fhir request but /metadata needs
+# an access token from <root>/auth/token):
+#
+#   tools/fhir-server/server.sh start --smart     (or FHIR_SMART=1 tools/fhir-server/server.sh start)
+#   tools/fhir-server/server.sh stop --smart
+#   tools/fhir-server/server.sh status --smart
+#
+# Its state is in .fhir-server-smart/ (FHIR_STATE_DIR overrides), its port FHIR_SMART_PORT (default
+# 8766, else any free port). FHIR_SMART_AUTH names a YAML file holding sekmet's `server_auth`
+# settings: `smart_clients` (client_id, jwks with the public keys, scopes), `token_lifetime`
+# (seconds), `types` (default [smart]). Without it, a client `trial-adapter` with an ES384 key
+# made once in the state folder is registered (scopes system/*.cruds, token lifetime
+# FHIR_SMART_TOKEN_LIFETIME, default 300 s), and `site-config.yaml` there is a site configuration
+# that sweeps the server with it: trial-adapter sweep --config .fhir-server-smart/site-config.yaml
+# A running instance keeps its clients: stop it to change them.
 set -euo pipefail
+
+usage() {
+    echo "usage: $0 start|stop|status [--smart]" >&2
+    exit 2
+}
+
+COMMAND="${1:-}"
+[[ $# -gt 0 ]] && shift
+SMART="${FHIR_SMART:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --smart) SMART=1 ;;
+        *) usage ;;
+    esac
+done
+[[ "$SMART" == 0 || "$SMART" == 1 ]] || { echo "FHIR_SMART must be 0 or 1" >&2; exit 2; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 REQUIREMENTS="$HERE/requirements.txt"
 VENV="$ROOT/.venv-fhir"
 STAMP="$VENV/.installed"
-STATE="$ROOT/.fhir-server"
+if [[ "$SMART" == 1 ]]; then
+    STATE="${FHIR_STATE_DIR:-$ROOT/.fhir-server-smart}"
+    DEFAULT_PORT=8766
+    PORT_VAR=FHIR_SMART_PORT
+    NAME="sekmet-fhir (SMART Backend Services)"
+else
+    STATE="${FHIR_STATE_DIR:-$ROOT/.fhir-server}"
+    DEFAULT_PORT=8765
+    PORT_VAR=FHIR_PORT
+    NAME="sekmet-fhir"
+fi
+REQUESTED_PORT="${!PORT_VAR:-}"
 PID_FILE="$STATE/server.pid"
 URL_FILE="$STATE/base_url"
 LOG_FILE="$STATE/server.log"
 SETTINGS="$STATE/settings.yaml"
+AUTH_COPY="$STATE/server_auth.yaml"
 PYTHON="${PYTHON:-python3}"
-DEFAULT_PORT=8765
 START_TIMEOUT="${FHIR_START_TIMEOUT:-60}"
 STOP_TIMEOUT=15
 
@@ -88,9 +132,9 @@ any_free_port() {
 }
 
 choose_port() {
-    if [[ -n "${FHIR_PORT:-}" ]]; then
-        port_is_free "$FHIR_PORT" || die "port $FHIR_PORT (FHIR_PORT) is already in use"
-        echo "$FHIR_PORT"
+    if [[ -n "$REQUESTED_PORT" ]]; then
+        port_is_free "$REQUESTED_PORT" || die "port $REQUESTED_PORT ($PORT_VAR) is already in use"
+        echo "$REQUESTED_PORT"
     elif port_is_free "$DEFAULT_PORT"; then
         echo "$DEFAULT_PORT"
     else
@@ -126,6 +170,80 @@ simulator:
 EOF
 }
 
+# The server_auth settings for the SMART instance: FHIR_SMART_AUTH, else a default client whose
+# key is made once in the state folder. Prints the file's path.
+smart_auth_file() {
+    if [[ -n "${FHIR_SMART_AUTH:-}" ]]; then
+        [[ -f "$FHIR_SMART_AUTH" ]] || die "FHIR_SMART_AUTH: $FHIR_SMART_AUTH is not a file"
+        echo "$FHIR_SMART_AUTH"
+        return
+    fi
+    local lifetime="${FHIR_SMART_TOKEN_LIFETIME:-300}"
+    [[ "$lifetime" =~ ^[1-9][0-9]*$ ]] || die "FHIR_SMART_TOKEN_LIFETIME must be whole seconds"
+    "$VENV/bin/python" - "$STATE" "$lifetime" <<'EOF' || die "cannot make the default SMART client"
+import os, pathlib, sys
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sekmet.auth.keys import public_jwk
+
+state, lifetime = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+key_file = state / "client-es384.pem"
+if not key_file.exists():
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+kid = "trial-adapter-es384"
+client = {"client_id": "trial-adapter", "scopes": "system/*.cruds",
+          "jwks": {"keys": [public_jwk(key, "ES384", kid)]}}
+auth = {"types": ["smart"], "token_lifetime": lifetime, "smart_clients": [client]}
+(state / "default-server-auth.yaml").write_text(yaml.safe_dump(auth, sort_keys=False))
+site = {"source": {"auth": {"type": "smart-backend", "client_id": "trial-adapter",
+                            "private_key_file": key_file.name, "algorithm": "ES384", "kid": kid}}}
+(state / "site-config.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
+EOF
+    echo "$STATE/default-server-auth.yaml"
+}
+
+# Adds `server_auth` from file $1 to the settings, checked against sekmet's own settings model.
+add_server_auth() {
+    "$VENV/bin/python" - "$SETTINGS" "$1" <<'EOF'
+import sys
+
+import yaml
+from pydantic import ValidationError
+from sekmet.config import ServerAuth
+
+settings_file, auth_file = sys.argv[1:]
+try:
+    auth = yaml.safe_load(open(auth_file, encoding="utf-8"))
+except (OSError, yaml.YAMLError) as exc:
+    sys.exit(f"{auth_file}: {exc}")
+if not isinstance(auth, dict):
+    sys.exit(f"{auth_file}: not a mapping of sekmet server_auth settings")
+auth.setdefault("types", ["smart"])
+if "smart" not in auth["types"] or "none" in auth["types"]:
+    sys.exit(f"{auth_file}: types must include smart and not none")
+try:
+    ServerAuth.model_validate(auth)
+except ValidationError as exc:
+    sys.exit(f"{auth_file}: {exc}")
+if not auth.get("smart_clients"):
+    sys.exit(f"{auth_file}: no smart_clients registered")
+with open(settings_file, encoding="utf-8") as f:
+    settings = yaml.safe_load(f)
+settings["server_auth"] = auth
+with open(settings_file, "w", encoding="utf-8") as f:
+    yaml.safe_dump(settings, f, sort_keys=False)
+EOF
+}
+
 start() {
     mkdir -p "$STATE"
     local pid
@@ -133,9 +251,13 @@ start() {
         local url
         url="$(cat "$URL_FILE")"
         answers "$url" || die "PID $pid is running but $url does not answer; run: $0 stop"
+        if [[ "$SMART" == 1 && -n "${FHIR_SMART_AUTH:-}" ]] &&
+            ! cmp -s "$FHIR_SMART_AUTH" "$AUTH_COPY"; then
+            die "PID $pid is running with other SMART clients than $FHIR_SMART_AUTH; run: $0 stop --smart"
+        fi
         say "already running (PID $pid)"
-        [[ -z "${FHIR_PORT:-}" || "$url" == *":$FHIR_PORT/"* ]] ||
-            say "warning: it listens at $url, not on FHIR_PORT=$FHIR_PORT"
+        [[ -z "$REQUESTED_PORT" || "$url" == *":$REQUESTED_PORT/"* ]] ||
+            say "warning: it listens at $url, not on $PORT_VAR=$REQUESTED_PORT"
         echo "$url"
         return
     fi
@@ -145,6 +267,12 @@ start() {
     port="$(choose_port)"
     url="http://127.0.0.1:$port/fhir"
     write_settings "$url" "$port"
+    if [[ "$SMART" == 1 ]]; then
+        local auth_file
+        auth_file="$(smart_auth_file)"
+        add_server_auth "$auth_file" || die "bad SMART settings in $auth_file"
+        cp "$auth_file" "$AUTH_COPY"
+    fi
     # A new session (setsid) so the server is its own process group: stop can end it and its
     # workers together, and a Ctrl-C in the terminal that started it does not reach it.
     (
@@ -172,7 +300,7 @@ start() {
         sleep 0.25
     done
     echo "$url" >"$URL_FILE"
-    say "sekmet-fhir running at $url (PID $pid, log $LOG_FILE)"
+    say "$NAME running at $url (PID $pid, log $LOG_FILE)"
     echo "$url"
 }
 
@@ -206,12 +334,9 @@ status() {
     echo "$url"
 }
 
-case "${1:-}" in
+case "$COMMAND" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *)
-        echo "usage: $0 start|stop|status" >&2
-        exit 2
-        ;;
+    *) usage ;;
 esac
