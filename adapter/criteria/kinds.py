@@ -23,6 +23,7 @@ from adapter.criteria.results import CriterionResult, Evidence, Result, all_of
 if TYPE_CHECKING:
     from adapter.analytes import Analyte
     from adapter.codes import CodeSet
+    from adapter.facts.model import Normalised
     from adapter.facts.units import Units
 
 Problem = tuple[str, str] | None
@@ -234,22 +235,28 @@ class LabThreshold(Criterion):
             )
         return problem
 
+    def threshold(self) -> str:
+        return f"{self.op} {fmt(self.value)} {self.unit}"
+
+    def decide(self, value: Normalised) -> tuple[Result, str]:
+        """The result for the deciding value, and its reason."""
+        result = compare(value, self.op, self.value)
+        shown = f"{value.comparator or ''}{fmt(value.value)} {value.unit}"
+        if result is Result.UNKNOWN:
+            return result, f"{shown} may be on either side of {self.threshold()}"
+        verb = "satisfies" if result is Result.MET else "fails"
+        return result, f"{shown} {verb} {self.threshold()}"
+
     def evaluate(self, ctx: Context) -> CriterionResult:
+        """The latest usable value decides; without one (or unusable), unknown with the reason."""
         pick = latest_lab(ctx, self.analyte, self.window_days)
-        threshold = f"{self.op} {fmt(self.value)} {self.unit}"
         if pick.lab is None:
             return CriterionResult(Result.UNKNOWN, pick.problem or "no value")
-        ev = (lab_evidence(pick.lab, ctx.as_of, threshold=threshold),)
+        ev = (lab_evidence(pick.lab, ctx.as_of, threshold=self.threshold()),)
         norm = pick.lab.normalised
         if pick.problem is not None or norm is None:
             return CriterionResult(Result.UNKNOWN, pick.problem or "no usable value", ev)
-        result = compare(norm, self.op, self.value)
-        shown = f"{norm.comparator or ''}{fmt(norm.value)} {norm.unit}"
-        if result is Result.UNKNOWN:
-            reason = f"{shown} may be on either side of {threshold}"
-        else:
-            verb = "satisfies" if result is Result.MET else "fails"
-            reason = f"{shown} {verb} {threshold}"
+        result, reason = self.decide(norm)
         return CriterionResult(result, reason, ev)
 
 
@@ -269,23 +276,18 @@ class LabRange(LabThreshold):
             return ("low", "low is above high")
         return super().check(codesets, analytes, units)
 
-    def evaluate(self, ctx: Context) -> CriterionResult:
-        pick = latest_lab(ctx, self.analyte, self.window_days)
-        threshold = f"{fmt(self.low)} to {fmt(self.high)} {self.unit}"
-        if pick.lab is None:
-            return CriterionResult(Result.UNKNOWN, pick.problem or "no value")
-        ev = (lab_evidence(pick.lab, ctx.as_of, threshold=threshold),)
-        norm = pick.lab.normalised
-        if pick.problem is not None or norm is None:
-            return CriterionResult(Result.UNKNOWN, pick.problem or "no usable value", ev)
-        result = all_of([compare(norm, ">=", self.low), compare(norm, "<=", self.high)])
-        shown = f"{norm.comparator or ''}{fmt(norm.value)} {norm.unit}"
-        reasons = {
-            Result.MET: f"{shown} is within {threshold}",
-            Result.NOT_MET: f"{shown} is outside {threshold}",
-            Result.UNKNOWN: f"{shown} may be inside or outside {threshold}",
-        }
-        return CriterionResult(result, reasons[result], ev)
+    def threshold(self) -> str:
+        return f"{fmt(self.low)} to {fmt(self.high)} {self.unit}"
+
+    def decide(self, value: Normalised) -> tuple[Result, str]:
+        result = all_of([compare(value, ">=", self.low), compare(value, "<=", self.high)])
+        shown = f"{value.comparator or ''}{fmt(value.value)} {value.unit}"
+        where = {
+            Result.MET: "is within",
+            Result.NOT_MET: "is outside",
+            Result.UNKNOWN: "may be inside or outside",
+        }[result]
+        return result, f"{shown} {where} {self.threshold()}"
 
 
 KINDS: tuple[type[Criterion], ...] = (
