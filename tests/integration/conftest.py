@@ -5,6 +5,11 @@
 - `smart_server`: a second sekmet-fhir instance with SMART Backend Services enforced, started here
   for the session (tools/fhir-server/server.sh start --smart) with client keys made here, and
   stopped at the end of the session, whatever happened.
+- `extended_server`: a third sekmet-fhir instance, open, with the standard R4 search parameters
+  sekmet lacks for ResearchSubject (identifier, status, study, individual, patient) and
+  ResearchStudy (identifier, status, title) added at start (tools/fhir-server/server.sh
+  --search-params), so the server sink takes its conditional-create path there; started for the
+  session and stopped at its end.
 - `run_sweep`, `demo_resources`, `load_resources`, `demo_folder_sweep`: the CLI in a subprocess,
   the demo population and how to PUT it on a server, the demo swept from its files.
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -396,3 +402,123 @@ def smart_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartServ
         stopped = server_sh("stop", env)
         if stopped.returncode != 0:
             sys.stderr.write(f"stopping the SMART server failed:\n{stopped.stderr}\n")
+
+
+# -- a server with the R4 ResearchStudy and ResearchSubject search parameters ----------------------
+
+#: The standard R4 search parameters sekmet 0.1.1 lacks for the resources the sink writes:
+#: (base, code, type, expression, target), as published at hl7.org/fhir/R4/searchparameter-registry.
+R4_RESEARCH_SEARCH_PARAMETERS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    ("ResearchSubject", "identifier", "token", "ResearchSubject.identifier", ()),
+    ("ResearchSubject", "status", "token", "ResearchSubject.status", ()),
+    ("ResearchSubject", "study", "reference", "ResearchSubject.study", ("ResearchStudy",)),
+    ("ResearchSubject", "individual", "reference", "ResearchSubject.individual", ("Patient",)),
+    ("ResearchSubject", "patient", "reference", "ResearchSubject.individual", ("Patient",)),
+    ("ResearchStudy", "identifier", "token", "ResearchStudy.identifier", ()),
+    ("ResearchStudy", "status", "token", "ResearchStudy.status", ()),
+    ("ResearchStudy", "title", "string", "ResearchStudy.title", ()),
+)
+EXTENDED_PORT = 8767  # preferred; any free port when it is taken
+
+
+def research_search_parameters() -> dict[str, Any]:
+    """R4_RESEARCH_SEARCH_PARAMETERS as a Bundle of SearchParameter resources."""
+    entries = []
+    for base, code, kind, expression, targets in R4_RESEARCH_SEARCH_PARAMETERS:
+        resource: dict[str, Any] = {
+            "resourceType": "SearchParameter",
+            "url": f"http://hl7.org/fhir/SearchParameter/{base}-{code}",
+            "name": code,
+            "status": "active",
+            "description": f"{base} {code} (FHIR R4)",
+            "code": code,
+            "base": [base],
+            "type": kind,
+            "expression": expression,
+        }
+        if targets:
+            resource["target"] = list(targets)
+        entries.append({"resource": resource})
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+@dataclass(frozen=True)
+class ExtendedServer:
+    """sekmet-fhir, open, with R4_RESEARCH_SEARCH_PARAMETERS added; its access log."""
+
+    base_url: str
+    log_file: Path
+    search_parameters: tuple[tuple[str, str, str], ...]  # (base, code, type) added
+
+    def log_size(self) -> int:
+        return self.log_file.stat().st_size
+
+    def log_since(self, offset: int) -> list[str]:
+        """The server's log lines written after byte `offset` (see log_size)."""
+        with self.log_file.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace").splitlines()
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def any_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def run_server_sh(
+    command: str, env: dict[str, str], *options: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SERVER_SH), command, *options],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def extended_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtendedServer]:
+    """A sekmet-fhir instance of its own with the R4 research search parameters added.
+
+    Its state is in a temporary folder and its port EXTENDED_PORT (else any free one), so it never
+    meets the session's server; it is stopped when the session ends, passed or failed.
+    """
+    if not (FHIR_VENV / "bin" / "sekmet").exists() and not on_ci():
+        pytest.skip(
+            f"{FHIR_VENV} is missing: run `make test` (or tools/fhir-server/server.sh start) once"
+        )
+    folder = tmp_path_factory.mktemp("extended")
+    params_file = folder / "search-parameters.json"
+    params_file.write_text(json.dumps(research_search_parameters(), indent=1))
+    state = folder / "state"
+    env = {**os.environ, "FHIR_STATE_DIR": str(state)}
+    for name in ("FHIR_SMART", "FHIR_SEARCH_PARAMS", "FHIR_PORT"):
+        env.pop(name, None)
+    env["FHIR_PORT"] = str(EXTENDED_PORT if port_is_free(EXTENDED_PORT) else any_free_port())
+    try:
+        started = run_server_sh("start", env, f"--search-params={params_file}")
+        if started.returncode != 0:
+            pytest.fail(f"the extended server did not start:\n{started.stderr[-3000:]}")
+        yield ExtendedServer(
+            base_url=started.stdout.strip().rstrip("/"),
+            log_file=state / "server.log",
+            search_parameters=tuple(p[:3] for p in R4_RESEARCH_SEARCH_PARAMETERS),
+        )
+    finally:
+        stopped = run_server_sh("stop", env)
+        if stopped.returncode != 0:
+            sys.stderr.write(f"stopping the extended server failed:\n{stopped.stderr}\n")

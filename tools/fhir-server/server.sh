@@ -26,19 +26,37 @@
 # FHIR_SMART_TOKEN_LIFETIME, default 300 s), and `site-config.yaml` there is a site configuration
 # that sweeps the server with it: trial-adapter sweep --config .fhir-server-smart/site-config.yaml
 # A running instance keeps its clients: stop it to change them.
+#
+# Search parameters sekmet lacks (it has none for ResearchStudy or ResearchSubject, for one) can be
+# added to either instance at start:
+#
+#   FHIR_SEARCH_PARAMS=params.json tools/fhir-server/server.sh start
+#   tools/fhir-server/server.sh start --search-params=params.json
+#
+# The file holds FHIR R4 SearchParameter resources (one, a JSON list, or a Bundle of them): `code`,
+# `base`, `type` (string, token, reference, date, number or uri) and `expression`, which must be
+# plain element paths (`ResearchSubject.individual`, unions with `|`); a single `target` type
+# restricts a reference parameter to it. sekmet keeps its parameters in a table compiled into the
+# package and ignores SearchParameter resources POSTed to it, so the server is then started through
+# a launcher (in the state folder) that adds them to that table before it serves: they are indexed,
+# searchable (conditional create included) and listed in the CapabilityStatement. A running
+# instance keeps its parameters: stop it to change them. Use FHIR_STATE_DIR (and FHIR_PORT) for an
+# instance beside the default one.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop|status [--smart]" >&2
+    echo "usage: $0 start|stop|status [--smart] [--search-params=FILE]" >&2
     exit 2
 }
 
 COMMAND="${1:-}"
 [[ $# -gt 0 ]] && shift
 SMART="${FHIR_SMART:-0}"
+SEARCH_PARAMS="${FHIR_SEARCH_PARAMS:-}"
 for arg in "$@"; do
     case "$arg" in
         --smart) SMART=1 ;;
+        --search-params=?*) SEARCH_PARAMS="${arg#--search-params=}" ;;
         *) usage ;;
     esac
 done
@@ -66,6 +84,9 @@ URL_FILE="$STATE/base_url"
 LOG_FILE="$STATE/server.log"
 SETTINGS="$STATE/settings.yaml"
 AUTH_COPY="$STATE/server_auth.yaml"
+PARAMS_COPY="$STATE/search_params.source.json"
+PARAMS_TABLE="$STATE/search_params.json"
+LAUNCHER="$STATE/sekmet_with_search_params.py"
 PYTHON="${PYTHON:-python3}"
 START_TIMEOUT="${FHIR_START_TIMEOUT:-60}"
 STOP_TIMEOUT=15
@@ -244,8 +265,91 @@ with open(settings_file, "w", encoding="utf-8") as f:
 EOF
 }
 
+# Checks the SearchParameter resources of file $1 and writes them to $PARAMS_TABLE as sekmet's
+# table rows (base, code, kind, element paths, target), then writes the launcher that adds them.
+prepare_search_params() {
+    "$VENV/bin/python" - "$1" "$PARAMS_TABLE" <<'EOF' || return 1
+import json, re, sys
+
+from sekmet.fhir.common import R4_RESOURCE_TYPES
+
+source, table = sys.argv[1:]
+KINDS = {"string", "token", "reference", "date", "number", "uri"}
+PATH = re.compile(r"^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)+$")
+
+
+def fail(message):
+    sys.exit(f"{source}: {message}")
+
+
+try:
+    with open(source, encoding="utf-8") as f:
+        data = json.load(f)
+except (OSError, ValueError) as exc:
+    fail(f"not a JSON file: {exc}")
+if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+    data = [e.get("resource") for e in data.get("entry") or [] if isinstance(e, dict)]
+elif isinstance(data, dict):
+    data = [data]
+if not isinstance(data, list) or not data:
+    fail("holds no SearchParameter resources")
+rows = []
+for n, sp in enumerate(data, 1):
+    if not isinstance(sp, dict) or sp.get("resourceType") != "SearchParameter":
+        fail(f"item {n} is not a SearchParameter")
+    code, kind, bases = sp.get("code"), sp.get("type"), sp.get("base")
+    expression, targets = sp.get("expression"), sp.get("target") or []
+    where = f"SearchParameter {code or n}"
+    if not isinstance(code, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", code):
+        fail(f"{where}: code must be a search parameter name")
+    if kind not in KINDS:
+        fail(f"{where}: type {kind!r} is not one of {sorted(KINDS)}")
+    if not isinstance(bases, list) or not bases or any(b not in R4_RESOURCE_TYPES for b in bases):
+        fail(f"{where}: base must list R4 resource types")
+    if not isinstance(expression, str):
+        fail(f"{where}: no expression")
+    parts = [p.strip() for p in expression.split("|")]
+    if any(not PATH.match(p) for p in parts):
+        fail(f"{where}: expression {expression!r} is not plain element paths joined by |")
+    if not isinstance(targets, list) or any(t not in R4_RESOURCE_TYPES for t in targets):
+        fail(f"{where}: target must list R4 resource types")
+    target = targets[0] if kind == "reference" and len(targets) == 1 else None
+    for base in bases:
+        paths = [p.split(".", 1)[1] for p in parts if p.split(".", 1)[0] == base]
+        if not paths:
+            fail(f"{where}: expression {expression!r} names no path of base {base}")
+        rows.append({"base": base, "code": code, "kind": kind, "paths": paths, "target": target})
+with open(table, "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=1)
+EOF
+    cat >"$LAUNCHER" <<'EOF'
+# Written by tools/fhir-server/server.sh: adds the search parameters of the JSON table in argv[1]
+# to sekmet's own table (sekmet.fhir.search_params.PARAMS, which the indexer, the search engine
+# and the CapabilityStatement all read), then runs the sekmet command line with argv[2:].
+import json, sys
+
+from sekmet.fhir.search_params import PARAMS, SearchParam
+
+with open(sys.argv[1], encoding="utf-8") as f:
+    rows = json.load(f)
+for row in rows:
+    param = SearchParam(row["code"], row["kind"], tuple(row["paths"]), row["target"])
+    PARAMS.setdefault(row["base"], {})[row["code"]] = param
+added = sorted({f"{row['base']}.{row['code']}" for row in rows})
+print(f"search parameters added: {', '.join(added)}", flush=True)
+
+from sekmet.cli import app
+
+sys.argv = ["sekmet", *sys.argv[2:]]
+sys.exit(app())
+EOF
+}
+
 start() {
     mkdir -p "$STATE"
+    if [[ -n "$SEARCH_PARAMS" && ! -f "$SEARCH_PARAMS" ]]; then
+        die "search parameters: $SEARCH_PARAMS is not a file"
+    fi
     local pid
     if pid="$(running_pid)"; then
         local url
@@ -254,6 +358,9 @@ start() {
         if [[ "$SMART" == 1 && -n "${FHIR_SMART_AUTH:-}" ]] &&
             ! cmp -s "$FHIR_SMART_AUTH" "$AUTH_COPY"; then
             die "PID $pid is running with other SMART clients than $FHIR_SMART_AUTH; run: $0 stop --smart"
+        fi
+        if [[ -n "$SEARCH_PARAMS" ]] && ! cmp -s "$SEARCH_PARAMS" "$PARAMS_COPY"; then
+            die "PID $pid is running with other search parameters than $SEARCH_PARAMS; run: $0 stop"
         fi
         say "already running (PID $pid)"
         [[ -z "$REQUESTED_PORT" || "$url" == *":$REQUESTED_PORT/"* ]] ||
@@ -273,6 +380,13 @@ start() {
         add_server_auth "$auth_file" || die "bad SMART settings in $auth_file"
         cp "$auth_file" "$AUTH_COPY"
     fi
+    local -a serve=("$VENV/bin/sekmet")
+    rm -f "$PARAMS_COPY" "$PARAMS_TABLE" "$LAUNCHER"
+    if [[ -n "$SEARCH_PARAMS" ]]; then
+        prepare_search_params "$SEARCH_PARAMS" || die "bad search parameters in $SEARCH_PARAMS"
+        cp "$SEARCH_PARAMS" "$PARAMS_COPY"
+        serve=("$VENV/bin/python" "$LAUNCHER" "$PARAMS_TABLE")
+    fi
     # A new session (setsid) so the server is its own process group: stop can end it and its
     # workers together, and a Ctrl-C in the terminal that started it does not reach it.
     (
@@ -280,7 +394,7 @@ start() {
         exec env -u SEKMET_BASE_URL -u SEKMET_DB -u SEKMET_PORT -u SEKMET_PUBLIC_URL \
             SEKMET_CONFIG="$SETTINGS" nohup "$VENV/bin/python" -c \
             'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' \
-            "$VENV/bin/sekmet" serve --host 127.0.0.1 --port "$port" \
+            "${serve[@]}" serve --host 127.0.0.1 --port "$port" \
             </dev/null >"$LOG_FILE" 2>&1
     ) &
     pid=$!
