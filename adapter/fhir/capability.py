@@ -141,7 +141,7 @@ class ServerCapabilities:
     def _write_lines(self, kind: str) -> list[str]:
         entry = self.resource(kind)
         if entry is None:
-            return [f"{kind}: not listed; writing it may fail"]
+            return [f"{kind}: not listed; using deterministic ids (GET, then PUT); may fail"]
         lines = []
         if "identifier" not in entry.search_params:
             lines.append(f"{kind}: no search parameter 'identifier'; using deterministic ids")

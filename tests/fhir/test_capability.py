@@ -193,7 +193,7 @@ def test_describe_names_missing_interactions_and_options() -> None:
     assert "Observation: no search parameter 'patient' listed; searches use it anyway" in lines
     assert "Procedure: no search-type interaction listed; searches are sent anyway" in lines
     assert "Patient: not listed; searches are sent anyway" in lines
-    assert "ResearchStudy: not listed; writing it may fail" in lines
+    assert "ResearchStudy: not listed; using deterministic ids (GET, then PUT); may fail" in lines
     assert (
         "ResearchSubject: updateCreate is false; creating at a deterministic id may fail" in lines
     )
