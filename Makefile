@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo demo-server test test-live lint bench clean
+.PHONY: help demo demo-server test test-live lint bench bench-rest clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   - sweep the bundled demo population and print the summary"
 	@echo "make test   - run the whole test suite (unit, golden, integration)"
 	@echo "make lint   - ruff and mypy --strict"
-	@echo "make bench  - benchmarks over the shared Synthea data"
+	@echo "make bench  - benchmarks over the shared Synthea data (folder source)"
+	@echo "make bench-rest - the REST sweep against a local server loaded with Synthea (~4 min)"
 	@echo "make demo-server - the demo on a local FHIR server: load, sweep (source+sink), list ResearchSubjects"
 	@echo "make test-live   - FHIR_BASE_URL=<base> make test-live: the suite against a live server"
 
@@ -38,6 +39,9 @@ test-live: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_sweep.py
+
+bench-rest: $(STAMP)
+	$(BIN)/python bench/bench_rest.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check adapter tests

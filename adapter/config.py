@@ -42,7 +42,9 @@ class ServerConfig(BaseModel):
     retry_attempts: int = Field(default=5, ge=1)
     retry_max_wait: float = Field(default=120.0, ge=0)
     batch_size: int = Field(default=100, ge=1)
-    page_size: int = Field(default=200, ge=1)
+    #: _count; servers cap it themselves (sekmet and HAPI at 1,000 / 500), and on a busy server
+    #: each page costs about the same whatever it holds (bench/README.md)
+    page_size: int = Field(default=1000, ge=1)
     #: the most results a server returns for one query (public HAPI: 10,000); None: no cap
     result_cap: int | None = Field(default=10_000, ge=1)
     #: ask for only the fields the criteria read, where the server honours `_elements`

@@ -50,11 +50,17 @@ def main() -> int:
         return 2
     rows: list[tuple[str, float, str]] = []
     count = asyncio.run(_read_all(data, "Observation"))
-    rows.append(("read every Observation (gz NDJSON)",
-                 median_seconds(lambda: asyncio.run(_read_all(data, "Observation"))),
-                 f"{count} resources"))
-    for trial_id, as_of in (("t2dm-glycaemic-control", date(2021, 4, 1)),
-                            ("hcc-ablation-lenvatinib-pd1", date(2021, 4, 1))):
+    rows.append(
+        (
+            "read every Observation (gz NDJSON)",
+            median_seconds(lambda: asyncio.run(_read_all(data, "Observation"))),
+            f"{count} resources",
+        )
+    )
+    for trial_id, as_of in (
+        ("t2dm-glycaemic-control", date(2021, 4, 1)),
+        ("hcc-ablation-lenvatinib-pd1", date(2021, 4, 1)),
+    ):
         trial = load_trial(trial_id)
         result = asyncio.run(run_sweep(trial, FolderSource(data), as_of))
         seconds = median_seconds(
@@ -62,9 +68,13 @@ def main() -> int:
                 run_sweep(trial, FolderSource(data), as_of)
             )
         )
-        rows.append((f"sweep {trial_id}", seconds,
-                     f"{len(result.verdicts)} patients, "
-                     f"{result.stats['Observation']} Observations read"))
+        rows.append(
+            (
+                f"sweep {trial_id}",
+                seconds,
+                f"{len(result.verdicts)} patients, {result.stats['Observation']} Observations read",
+            )
+        )
     print(f"{'benchmark':45} {'median s':>9}  notes (runs: {RUNS})")
     for name, seconds, note in rows:
         print(f"{name:45} {seconds:9.3f}  {note}")

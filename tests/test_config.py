@@ -18,14 +18,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_no_file_means_defaults():
-    """Without a site file: no auth, 4 requests at once, batches of 100, pages of 200."""
+    """Without a site file: no auth, 4 requests at once, batches of 100, pages of 1000."""
     site = load_site_config(None)
     assert site.source.auth.type == "none"
-    assert (site.source.max_concurrent, site.source.batch_size, site.source.page_size) == (
-        4,
-        100,
-        200,
-    )
+    sizes = (site.source.max_concurrent, site.source.batch_size, site.source.page_size)
+    assert sizes == (4, 100, 1000)
     assert site.source.limits().max_concurrent == 4
     assert site.source.retry().attempts == 5
 

@@ -157,23 +157,25 @@ class FactBuilder:
             for coding in analyte.value_codes:
                 self._by_value.setdefault(coding, []).append(analyte)
 
-    def wants(self, codes: tuple[Coding, ...]) -> bool:
-        return any(c in self._index for c in codes)
-
     def observation(self, res: Json) -> list[LabValue]:
         """One LabValue per needed analyte the Observation (or a component) measures."""
+        parts: list[Json] = [res]
+        parts.extend(c for c in res.get("component") or () if isinstance(c, Mapping))
+        found = [
+            (part, matches)
+            for part in parts
+            if not (part is res and len(parts) > 1 and not _has_value(part))  # a panel
+            and (matches := self._matches(part))
+        ]
+        if not found:
+            return []  # most Observations of an export: nothing a criterion reads
         status = res.get("status")
         status = status if isinstance(status, str) else "unknown"
         when = observation_date(res)
         ref = reference_of(res)
         version = version_of(res)
         out: list[LabValue] = []
-        parts: list[Json] = [res]
-        parts.extend(c for c in res.get("component") or () if isinstance(c, Mapping))
-        for part in parts:
-            if part is res and len(parts) > 1 and not _has_value(part):
-                continue  # a panel: its components carry the values
-            matches = self._matches(part)
+        for part, matches in found:
             part_ranges = part.get("referenceRange")
             for coding, analyte, code_mass in matches:
                 recorded, normalised, problem = self._value(part, analyte, code_mass)

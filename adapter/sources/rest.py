@@ -180,7 +180,7 @@ class RestSource:
         client: FhirClient,
         *,
         batch_size: int = 100,
-        page_size: int = 200,
+        page_size: int = 1000,
         max_url_length: int = 1900,
         result_cap: int | None = RESULT_CAP,
         count_first: bool = True,
