@@ -1,7 +1,8 @@
 """Resources from a FHIR server's search API: batched by patient, paged, de-duplicated, uncapped.
 
 Servers cap the results of one search silently (HAPI's public server ends the next links at
-10,000), so a batch is first counted (`_summary=count`) and split in halves while it would reach
+10,000), so a batch's first page is read first and its `total` (or, when it has none but has a
+next link, a `_summary=count`) decides whether to split it in halves while it would reach
 `result_cap`; a search that still comes back capped, or with fewer results than its `total`, is
 split and searched again (what it already gave is not yielded twice). What cannot be split
 further raises: a tail is never lost.
@@ -170,8 +171,9 @@ class RestSource:
 
     Searches whose URL would pass `max_url_length` go as `POST [type]/_search` instead: many
     servers and proxies refuse URLs over about 2,000 characters. `result_cap` is the most results
-    the server returns for one search (None: no cap); with `count_first` each batch is counted
-    before it is searched. `elements` (e.g. `FACT_ELEMENTS`) names the fields to ask for per
+    the server returns for one search (None: no cap); with `count_first` a first page with no
+    total but a next link is counted (`_summary=count`) before the rest is read. `elements`
+    (e.g. `FACT_ELEMENTS`) names the fields to ask for per
     resource type, sent as `_elements` only when `capabilities` saw the server honour it.
     """
 
@@ -223,10 +225,19 @@ class RestSource:
         """Nothing to close: the HTTP client belongs to the caller."""
 
     async def _uncapped(self, search: Search, seen: set[ResourceKey]) -> AsyncIterator[Resource]:
-        """Every result of `search`, split in halves as often as the result cap needs."""
+        """Every result of `search`, split in halves as often as the result cap needs.
+
+        The first page comes first: its `total` (most servers give one) says whether the search
+        reaches the cap, so no separate count is asked for; only a first page with no total and
+        a next link costs a `_summary=count` request (bench/README.md: requests, not bytes, are
+        what a busy server charges for).
+        """
         cap = self.result_cap
+        page, url = await self._first_page(search.resource_type, self._params(search))
         if cap is not None and self.count_first:
-            total = await self._count(search)
+            total = bundle_total(page)
+            if total is None and _has_next(page):
+                total = await self._count(search)
             if total is not None and total >= cap:
                 why = f"matches {total:,} resources, at or over the result cap of {cap:,}"
                 for half in self._halves(search, why):
@@ -234,7 +245,7 @@ class RestSource:
                         yield resource
                 return
         stats = SearchStats()
-        async for resource in self._search(search, seen, stats):
+        async for resource in iter_pages(self.client, page, url, seen=seen, stats=stats):
             yield resource
         # A total is the server's own word (and HAPI's cut point is not always the cap exactly);
         # without one, a result set that reached the cap is taken as cut.
@@ -276,16 +287,12 @@ class RestSource:
             raise InvalidResponseError("a _summary=count search did not return a Bundle", url=url)
         return bundle_total(page)
 
-    async def _search(
-        self, search: Search, seen: set[ResourceKey], stats: SearchStats
-    ) -> AsyncIterator[Resource]:
+    def _params(self, search: Search) -> list[tuple[str, str]]:
         params = [*search.selection(), ("_count", str(self.page_size))]
         names = self.elements.get(search.resource_type)
         if names:
             params.append(("_elements", ",".join(names)))
-        page, url = await self._first_page(search.resource_type, params)
-        async for resource in iter_pages(self.client, page, url, seen=seen, stats=stats):
-            yield resource
+        return params
 
     async def _first_page(
         self, resource_type: str, params: list[tuple[str, str]]
@@ -296,6 +303,13 @@ class RestSource:
             return await self.client.get_json(url), url
         page = await self.client.post_form_search(resource_type, params)
         return page, self.client.url(f"{resource_type}/_search")
+
+
+def _has_next(page: JsonObject) -> bool:
+    links = page.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in links
+    )
 
 
 def _make_references_relative(node: Any, base: ServerBase) -> None:

@@ -291,36 +291,93 @@ def test_aclose_leaves_the_injected_client_open() -> None:
 
 
 class Server:
-    """A respx side effect that counts (`_summary=count`) and searches per patient and code.
+    """A FHIR server in a respx side effect: searches, `_summary=count`, and next-link paging.
 
-    `counts` is each (patient, code) pair's number of matches; a search returns one Observation
-    per pair instead (with `total` as many as it returns), unless `capped_at` cuts it like
-    HAPI's public server: at that many entries, no next link and no total.
+    `counts` is each (patient, code) pair's number of matching resources ("" for a search with
+    no patients or no codes). A search serves them in pages of `_count`, shaped like HAPI's:
+    a searchset Bundle with `total` (unless `totals` is False) and, while more remain, an
+    absolute next link on the same base (`?_getpages=...&_getpagesoffset=...`). `capped_at`
+    cuts a search like HAPI's public server: at that many entries, no next link and no total.
+    `refuses_counts` answers `_summary=count` with a 400. `log` records (kind, patients, codes)
+    per request, kind being "search" (a first page), "count" or "page" (a next link).
     """
 
-    def __init__(self, counts: dict[tuple[str, str], int], capped_at: int | None = None) -> None:
+    def __init__(
+        self,
+        counts: dict[tuple[str, str], int],
+        *,
+        totals: bool = True,
+        capped_at: int | None = None,
+        refuses_counts: bool = False,
+    ) -> None:
         self.counts = counts
+        self.totals = totals
         self.capped_at = capped_at
+        self.refuses_counts = refuses_counts
         self.log: list[tuple[str, str, str]] = []
+        self.methods: list[str] = []
+        self._results: list[tuple[str, str, list[dict[str, Any]], int | None]] = []
+
+    def mount(self) -> respx.Route:
+        """Serve every request under BASE: searches by GET or POST, counts and next pages."""
+        return respx.route(url__startswith=BASE).mock(side_effect=self)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.methods.append(request.method)
         params = sent_params(Call(request))
-        patients = params.get("patient", "").split(",")
-        codes = params.get("code", "").split(",")
-        pairs = [(p, c) for p in patients for c in codes if (p, c) in self.counts]
-        kind = "count" if params.get("_summary") == "count" else "search"
-        self.log.append((kind, params.get("patient", ""), params.get("code", "")))
-        if kind == "count":
+        if "_getpages" in params:
+            return self._page(params)
+        kind = request.url.path.split("/")[2]  # /fhir/Observation or /fhir/Observation/_search
+        who, what = params.get("patient", ""), params.get("code", "")
+        pairs = [(p, c) for p in who.split(",") for c in what.split(",") if (p, c) in self.counts]
+        if params.get("_summary") == "count":
+            self.log.append(("count", who, what))
+            if self.refuses_counts:
+                outcome = {"resourceType": "OperationOutcome", "issue": [{"code": "not-supported"}]}
+                return httpx.Response(400, json=outcome)
             total = sum(self.counts[pair] for pair in pairs)
             return httpx.Response(
                 200, json={"resourceType": "Bundle", "type": "searchset", "total": total}
             )
-        found = [obs(f"{p}-{c}", p) for p, c in pairs]
+        self.log.append(("search", who, what))
+        found = [
+            resource(kind, f"{p}-{c}-{n}", p) for p, c in pairs for n in range(self.counts[(p, c)])
+        ]
+        total: int | None = len(found) if self.totals else None
         if self.capped_at is not None and len(found) >= self.capped_at:
-            page = bundle(found[: self.capped_at])
+            found, total = found[: self.capped_at], None
+        self._results.append((who, what, found, total))
+        key = str(len(self._results) - 1)
+        return self._serve(key, 0, int(params["_count"]))
+
+    def _page(self, params: dict[str, str]) -> httpx.Response:
+        key = params["_getpages"]
+        who, what, _, _ = self._results[int(key)]
+        self.log.append(("page", who, what))
+        return self._serve(key, int(params["_getpagesoffset"]), int(params["_count"]))
+
+    def _serve(self, key: str, offset: int, size: int) -> httpx.Response:
+        _, _, found, total = self._results[int(key)]
+        more = offset + size < len(found)
+        next_url = (
+            f"{BASE}?_getpages={key}&_getpagesoffset={offset + size}&_count={size}"
+            "&_bundletype=searchset"
+            if more
+            else None
+        )
+        page = bundle(found[offset : offset + size], next_url=next_url)
+        if total is None:
             del page["total"]
-            return httpx.Response(200, json=page)
-        return httpx.Response(200, json=bundle(found))
+        else:
+            page["total"] = total
+        return httpx.Response(200, json=page)
+
+
+def resource(kind: str, rid: str, patient: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": kind, "id": rid}
+    if patient:
+        out["subject"] = {"reference": f"Patient/{patient}"}
+    return out
 
 
 class Call:
@@ -334,39 +391,104 @@ def codes_of(*names: str) -> frozenset[Coding]:
     return frozenset(Coding("", name) for name in names)
 
 
-@respx.mock
-def test_a_batch_over_the_cap_is_split_in_halves_until_each_is_under_it() -> None:
-    """8 patients counted at 15,000 are split 4 + 4 (7,500 each) and each half is searched."""
-    patients = [f"p{n}" for n in range(1, 9)]
-    server = Server({(p, "c"): 1875 for p in patients})
-    respx.get(f"{BASE}/Observation").mock(side_effect=server)
-    query = Query("Observation", codes=codes_of("c"), patients=frozenset(patients))
-    found = fetch(query, count_first=True, result_cap=10_000, batch_size=8)
-    assert [r["id"] for r in found] == [f"{p}-c" for p in patients]
-    assert server.log == [
-        ("count", "p1,p2,p3,p4,p5,p6,p7,p8", "c"),
-        ("count", "p1,p2,p3,p4", "c"),
-        ("search", "p1,p2,p3,p4", "c"),
-        ("count", "p5,p6,p7,p8", "c"),
-        ("search", "p5,p6,p7,p8", "c"),
-    ]
+def ids_of(counts: dict[tuple[str, str], int]) -> list[str]:
+    """Every id a `Server` with these counts holds, sorted."""
+    return sorted(f"{p}-{c}-{n}" for (p, c), many in counts.items() for n in range(many))
 
 
+EIGHT = "p1,p2,p3,p4,p5,p6,p7,p8"
+
+
+@pytest.mark.parametrize(
+    ("totals", "log"),
+    [
+        # Each first page's total decides: 1,400 and 1,200 are over the cap of 1,000, so those
+        # first pages are dropped (their next links never followed); 600 and 200 are paged on.
+        (
+            True,
+            [
+                ("search", EIGHT, "c"),
+                ("search", "p1,p2,p3,p4", "c"),
+                ("search", "p1,p2", "c"),
+                ("page", "p1,p2", "c"),
+                ("page", "p1,p2", "c"),
+                ("search", "p3,p4", "c"),
+                ("page", "p3,p4", "c"),
+                ("page", "p3,p4", "c"),
+                ("search", "p5,p6,p7,p8", "c"),
+            ],
+        ),
+        # Without totals, a first page with a next link is counted; one without (200) is not.
+        (
+            False,
+            [
+                ("search", EIGHT, "c"),
+                ("count", EIGHT, "c"),
+                ("search", "p1,p2,p3,p4", "c"),
+                ("count", "p1,p2,p3,p4", "c"),
+                ("search", "p1,p2", "c"),
+                ("count", "p1,p2", "c"),
+                ("page", "p1,p2", "c"),
+                ("page", "p1,p2", "c"),
+                ("search", "p3,p4", "c"),
+                ("count", "p3,p4", "c"),
+                ("page", "p3,p4", "c"),
+                ("page", "p3,p4", "c"),
+                ("search", "p5,p6,p7,p8", "c"),
+            ],
+        ),
+    ],
+)
 @respx.mock
-def test_a_batch_under_the_cap_is_counted_once_then_searched() -> None:
-    """One count query per batch, then its search; no split."""
-    server = Server({("p1", "c"): 20, ("p2", "c"): 30})
-    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+def test_a_batch_over_the_cap_is_split_in_halves_until_each_is_under_it(
+    totals: bool, log: list[tuple[str, str, str]]
+) -> None:
+    """8 patients (1,400) split 4 + 4, the first 4 (1,200) again 2 + 2 (600); nothing lost."""
+    counts = {(f"p{n}", "c"): 300 if n <= 4 else 50 for n in range(1, 9)}
+    server = Server(counts, totals=totals)
+    server.mount()
+    query = Query("Observation", codes=codes_of("c"), patients=frozenset(p for p, _ in counts))
+    found = fetch(query, count_first=True, result_cap=1000, batch_size=8, page_size=200)
+    assert sorted(r["id"] for r in found) == ids_of(counts)
+    assert len(found) == 1400
+    assert server.log == log
+
+
+@pytest.mark.parametrize(
+    ("totals", "page_size", "kinds"),
+    [
+        (True, 1000, ["search"]),  # a total and no next link: one request in all
+        (True, 20, ["search", "page", "page"]),  # a total: no count, whatever the pages
+        (False, 1000, ["search"]),  # no total, but no next link: that page is all there is
+        (False, 20, ["search", "count", "page", "page"]),  # no total, a next link: one count
+    ],
+)
+@respx.mock
+def test_a_batch_under_the_cap_is_counted_only_when_its_first_page_cannot_tell(
+    totals: bool, page_size: int, kinds: list[str]
+) -> None:
+    """The first page's total settles the cap; its next links are followed, it is not re-asked."""
+    counts = {("p1", "c"): 20, ("p2", "c"): 30}
+    server = Server(counts, totals=totals)
+    server.mount()
     query = Query("Observation", codes=codes_of("c"), patients=frozenset({"p1", "p2"}))
-    assert len(fetch(query, count_first=True)) == 2
-    assert server.log == [("count", "p1,p2", "c"), ("search", "p1,p2", "c")]
+    found = fetch(query, count_first=True, page_size=page_size)
+    assert sorted(r["id"] for r in found) == ids_of(counts)
+    assert len(found) == 50
+    assert server.log == [(kind, "p1,p2", "c") for kind in kinds]
 
 
+@pytest.mark.parametrize(
+    ("totals", "kinds"),
+    [(True, ["search", "search"]), (False, ["search", "count", "search", "count"])],
+)
 @respx.mock
-def test_one_patient_over_the_cap_is_split_by_code_then_refused_naming_the_count() -> None:
+def test_one_patient_over_the_cap_is_split_by_code_then_refused_naming_the_count(
+    totals: bool, kinds: list[str]
+) -> None:
     """A single patient and code over the cap raises FhirError with the count, not the id."""
-    server = Server({("secret-id", "a"): 12_345, ("secret-id", "b"): 10})
-    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    server = Server({("secret-id", "a"): 12_345, ("secret-id", "b"): 10}, totals=totals)
+    server.mount()
     query = Query("Observation", codes=codes_of("a", "b"), patients=frozenset({"secret-id"}))
     with pytest.raises(FhirError) as caught:
         fetch(query, count_first=True)
@@ -375,18 +497,29 @@ def test_one_patient_over_the_cap_is_split_by_code_then_refused_naming_the_count
     assert "for 1 patient and 1 code" in message
     assert "cannot be split" in message
     assert "secret-id" not in message
-    assert server.log == [("count", "secret-id", "a,b"), ("count", "secret-id", "a")]
+    codes = ["a,b", "a,b", "a", "a"] if not totals else ["a,b", "a"]
+    assert server.log == [
+        (kind, "secret-id", code) for kind, code in zip(kinds, codes, strict=True)
+    ]
 
 
 @respx.mock
 def test_a_cohort_search_over_the_cap_is_split_by_code() -> None:
     """Without patients, the codes are halved instead."""
-    server = Server({("", "a"): 6000, ("", "b"): 6000})
-    respx.get(f"{BASE}/Condition").mock(side_effect=server)
-    fetch(Query("Condition", codes=codes_of("a", "b")), count_first=True)
-    assert [entry for entry in server.log if entry[0] == "search"] == [
+    counts = {("", "a"): 60, ("", "b"): 60}
+    server = Server(counts)
+    server.mount()
+    found = fetch(
+        Query("Condition", codes=codes_of("a", "b")), count_first=True, result_cap=100, page_size=50
+    )
+    assert sorted(r["id"] for r in found) == ids_of(counts)
+    assert {r["resourceType"] for r in found} == {"Condition"}
+    assert server.log == [
+        ("search", "", "a,b"),
         ("search", "", "a"),
+        ("page", "", "a"),
         ("search", "", "b"),
+        ("page", "", "b"),
     ]
 
 
@@ -395,10 +528,10 @@ def test_a_result_set_that_reaches_the_cap_without_a_next_link_is_split() -> Non
     """A search cut at the cap is searched again in halves; nothing is lost, nothing repeated."""
     pairs = {("p1", "a"): 1, ("p1", "b"): 1, ("p2", "a"): 1, ("p2", "b"): 1}
     server = Server(pairs, capped_at=3)
-    respx.get(f"{BASE}/Observation").mock(side_effect=server)
+    server.mount()
     query = Query("Observation", codes=codes_of("a", "b"), patients=frozenset({"p1", "p2"}))
     found = fetch(query, result_cap=3)
-    assert sorted(r["id"] for r in found) == ["p1-a", "p1-b", "p2-a", "p2-b"]
+    assert sorted(r["id"] for r in found) == ["p1-a-0", "p1-b-0", "p2-a-0", "p2-b-0"]
     assert len(found) == 4
     assert server.log == [
         ("search", "p1,p2", "a,b"),
@@ -459,36 +592,39 @@ def test_a_total_that_confirms_the_results_overrides_the_cap() -> None:
 
 @respx.mock
 def test_a_server_that_refuses_summary_count_is_not_asked_again() -> None:
-    """A 400 to the count query turns counting off; the capped-result check still applies."""
-    calls: list[str] = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        params = dict(request.url.params)
-        calls.append("count" if "_summary" in params else "search")
-        if "_summary" in params:
-            return httpx.Response(400, json={"resourceType": "OperationOutcome"})
-        return httpx.Response(200, json=bundle([obs(params["patient"], params["patient"])]))
-
-    respx.get(f"{BASE}/Observation").mock(side_effect=handle)
+    """A 400 to the count query turns counting off; the search pages on from its first page."""
+    counts = {("p1", ""): 3, ("p2", ""): 3}
+    server = Server(counts, totals=False, refuses_counts=True)
+    server.mount()
     query = Query("Observation", patients=frozenset({"p1", "p2"}))
-    assert len(fetch(query, count_first=True, batch_size=1)) == 2
-    assert calls == ["count", "search", "search"]
+    found = fetch(query, count_first=True, batch_size=1, page_size=2)
+    assert sorted(r["id"] for r in found) == ids_of(counts)
+    assert server.log == [
+        ("search", "p1", ""),
+        ("count", "p1", ""),
+        ("page", "p1", ""),
+        ("search", "p2", ""),
+        ("page", "p2", ""),
+    ]
 
 
 @respx.mock
 def test_a_count_too_long_for_a_url_is_posted_like_its_search() -> None:
     """The count query of a long search goes as POST [type]/_search with _summary=count."""
-    route = respx.post(f"{BASE}/Observation/_search").mock(
-        side_effect=[
-            httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": 1}),
-            httpx.Response(200, json=bundle([obs("1")])),
-        ]
-    )
     codes = frozenset(Coding(LOINC, f"{n}-{n % 10}") for n in range(10000, 10100))
-    fetch(Query("Observation", codes=codes, patients=frozenset({"p1"})), count_first=True)
-    count, search = (sent_params(call) for call in route.calls)
+    counts = {("p1", f"{LOINC}|10000-0"): 2}
+    server = Server(counts, totals=False)
+    route = server.mount()
+    query = Query("Observation", codes=codes, patients=frozenset({"p1"}))
+    found = fetch(query, count_first=True, page_size=1)
+    assert sorted(r["id"] for r in found) == ids_of(counts)
+    assert [kind for kind, _, _ in server.log] == ["search", "count", "page"]
+    assert server.methods == ["POST", "POST", "GET"]
+    search, count, _ = (sent_params(call) for call in route.calls)
+    assert route.calls[1].request.url == f"{BASE}/Observation/_search"
     assert (count["_summary"], "_count" in count) == ("count", False)
-    assert (search["_count"], "_summary" in search) == ("1000", False)
+    assert (search["_count"], "_summary" in search) == ("1", False)
+    assert count["code"] == search["code"]
 
 
 @pytest.mark.parametrize(
@@ -505,15 +641,18 @@ def test_elements_are_asked_for_only_where_the_probe_saw_them_honoured(
     elements: ElementsSupport | None, sent: str | None
 ) -> None:
     """_elements goes on searches (not counts) only when capabilities say it is honoured."""
-    route = respx.get(f"{BASE}/Observation").respond(200, json=bundle([]))
+    server = Server({("p1", ""): 2}, totals=False)
+    route = server.mount()
     caps = None if elements is None else ServerCapabilities(elements=elements)
     fetch(
         Query("Observation", patients=frozenset({"p1"})),
         count_first=True,
+        page_size=1,
         capabilities=caps,
         elements={"Observation": ["meta", "subject", "status", "code"], "Patient": ["gender"]},
     )
-    count, search = (sent_params(call) for call in route.calls)
+    assert [kind for kind, _, _ in server.log] == ["search", "count", "page"]
+    search, count, _ = (sent_params(call) for call in route.calls)
     assert "_elements" not in count
     assert search.get("_elements") == sent
 
