@@ -17,41 +17,15 @@ import orjson
 import pydantic
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from spec_ids import AUTOMATED
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 DEMO = FIXTURES / "demo"
 GENERATOR = FIXTURES / "make_demo.py"
 
-# The spec's automated criteria and statuses ("The criteria", "Results and statuses").
-CRITERIA = {
-    "alive",
-    "age",
-    "hcc_diagnosis",
-    "early_recurrence",
-    "ecog",
-    "child_pugh",
-    "milan",
-    "hemoglobin",
-    "neutrophils",
-    "platelets",
-    "albumin",
-    "bilirubin_total",
-    "alt",
-    "ast",
-    "bun",
-    "creatinine",
-    "coagulation",
-    "no_extrahepatic_metastasis",
-    "no_other_malignancy",
-    "no_autoimmune_disease",
-    "no_immunodeficiency",
-    "no_organ_transplant",
-    "cardiac_function",
-    "blood_pressure_controlled",
-    "diabetes_glucose_controlled",
-    "not_pregnant",
-}
+# The spec's automated criteria ("The criteria").
+CRITERIA = set(AUTOMATED)
 ICD10_SYSTEMS = {"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm"}
 HCC_OR_POSSIBLE_ICD10 = ("C220", "C228", "C229")  # prefixes, dots removed (spec code-set grammar)
 HCC_SNOMED = {"109841003"}

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from spec_ids import AUTOMATED, MANUAL
 
 from adapter.errors import MappingError
 from adapter.facts.model import Coding
@@ -13,43 +14,8 @@ from adapter.trials import default_mappings_dir, load_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL = "hcc-ablation-lenvatinib-pd1"
-SPEC_CRITERIA = [
-    "alive",
-    "age",
-    "hcc_diagnosis",
-    "early_recurrence",
-    "ecog",
-    "child_pugh",
-    "milan",
-    "hemoglobin",
-    "neutrophils",
-    "platelets",
-    "albumin",
-    "bilirubin_total",
-    "alt",
-    "ast",
-    "bun",
-    "creatinine",
-    "coagulation",
-    "no_extrahepatic_metastasis",
-    "no_other_malignancy",
-    "no_autoimmune_disease",
-    "no_immunodeficiency",
-    "no_organ_transplant",
-    "cardiac_function",
-    "blood_pressure_controlled",
-    "diabetes_glucose_controlled",
-    "not_pregnant",
-]
-SPEC_MANUAL = [
-    "pathology_confirmed",
-    "postop_imaging_clear_at_2_months",
-    "expected_survival_over_6_months",
-    "no_growth_factors_or_blood_products_2_weeks",
-    "no_conflicting_serious_disease",
-    "contraception_agreement",
-    "informed_consent",
-]
+SPEC_CRITERIA = list(AUTOMATED)
+SPEC_MANUAL = list(MANUAL)
 
 
 def test_the_first_trial_has_every_criterion_of_the_spec_in_order():
