@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from spec_ids import MANUAL
 
 from adapter.report.results import results_json
 from adapter.sources.files import FolderSource
@@ -67,14 +68,6 @@ def test_status_matches_the_spec(patient, results):
 
 def test_manual_criteria_are_listed_as_manual_on_every_patient(results):
     """The seven manual criteria are listed, never decided."""
-    manual = {
-        "pathology_confirmed",
-        "postop_imaging_clear_at_2_months",
-        "expected_survival_over_6_months",
-        "no_growth_factors_or_blood_products_2_weeks",
-        "no_conflicting_serious_disease",
-        "contraception_agreement",
-        "informed_consent",
-    }
+    manual = set(MANUAL)
     for p in results.values():
         assert {c for c, r in p["criteria"].items() if r["result"] == "manual"} == manual
