@@ -12,7 +12,7 @@ from pydantic import Field
 
 from adapter.criteria.context import Context
 from adapter.criteria.history import condition_evidence, patient_evidence
-from adapter.criteria.kinds import Criterion, LabThreshold, Op, Problem, completed_years
+from adapter.criteria.kinds import Criterion, LabThreshold, Problem, completed_years
 from adapter.criteria.labs import compare, fmt
 from adapter.criteria.observed import (
     CodeNumbers,
@@ -131,48 +131,22 @@ class CardiacFunction(Criterion):
         )
 
 
-class ConditionalLab(Criterion):
+class ConditionalLab(LabThreshold):
     """With an active Condition in `condition_codeset`, the latest `analyte` in the window decides
     (as lab_threshold); without one the criterion is met."""
 
-    kind: Literal["conditional_lab"]
+    kind: Literal["conditional_lab"]  # type: ignore[assignment]
     condition_codeset: str
-    analyte: str
-    op: Op
-    value: float
-    unit: str
-    window_days: int = Field(gt=0, le=3650)
-
-    def analytes(self) -> frozenset[str]:
-        return frozenset({self.analyte})
 
     def codesets(self) -> frozenset[str]:
         return frozenset({self.condition_codeset})
-
-    def _lab(self) -> LabThreshold:
-        return LabThreshold(
-            id=self.id,
-            kind="lab_threshold",
-            analyte=self.analyte,
-            op=self.op,
-            value=self.value,
-            unit=self.unit,
-            window_days=self.window_days,
-        )
-
-    def check(
-        self, codesets: Mapping[str, CodeSet], analytes: Mapping[str, Analyte], units: Units
-    ) -> Problem:
-        return super().check(codesets, analytes, units) or self._lab().check(
-            codesets, analytes, units
-        )
 
     def evaluate(self, ctx: Context) -> CriterionResult:
         conds = list(ctx.conditions_in(self.condition_codeset, active_only=True))
         if not conds:
             none = f"no active {self.condition_codeset} Condition: the lab is not required"
             return CriterionResult(Result.MET, none, (patient_evidence(ctx, none),))
-        lab = self._lab().evaluate(ctx)
+        lab = super().evaluate(ctx)
         ev = tuple(condition_evidence(ctx, c, self.condition_codeset) for c in conds)
         return CriterionResult(
             lab.result, f"active {self.condition_codeset}: {lab.reason}", ev + lab.evidence

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from adapter.criteria.context import Context, placement, window_start
-from adapter.criteria.kinds import Criterion, LabThreshold, Op, Problem
+from adapter.criteria.kinds import Criterion, LabThreshold, Problem
 from adapter.criteria.labs import USABLE_STATUSES, Pick, compare, fmt, lab_evidence, latest_lab
 from adapter.criteria.results import CriterionResult, Evidence, Result
 from adapter.facts.model import Normalised
@@ -117,15 +117,10 @@ class DeriveFrom(BaseModel):
     percent: str
 
 
-class LabThresholdDerived(Criterion):
+class LabThresholdDerived(LabThreshold):
     """`lab_threshold`, but derived from total x percent / 100 when no absolute count exists."""
 
-    kind: Literal["lab_threshold_derived"]
-    analyte: str
-    op: Op
-    value: float
-    unit: str
-    window_days: int = Field(gt=0, le=3650)
+    kind: Literal["lab_threshold_derived"]  # type: ignore[assignment]
     derive_from: DeriveFrom
 
     def analytes(self) -> frozenset[str]:
@@ -134,12 +129,10 @@ class LabThresholdDerived(Criterion):
     def check(
         self, codesets: Mapping[str, CodeSet], analytes: Mapping[str, Analyte], units: Units
     ) -> Problem:
-        problem = super().check(codesets, analytes, units)
+        problem = super().check(codesets, analytes, units)  # analytes, and the threshold unit
         if problem is not None:
             return problem
         unit = analytes[self.analyte].unit
-        if self.unit != unit:
-            return ("unit", f"threshold unit '{self.unit}' is not the analyte's unit '{unit}'")
         total = analytes[self.derive_from.total]
         if total.unit != unit:
             return (
@@ -154,16 +147,7 @@ class LabThresholdDerived(Criterion):
 
     def evaluate(self, ctx: Context) -> CriterionResult:
         if present_in_window(ctx, self.analyte, self.window_days):
-            direct = LabThreshold(
-                id=self.id,
-                kind="lab_threshold",
-                analyte=self.analyte,
-                op=self.op,
-                value=self.value,
-                unit=self.unit,
-                window_days=self.window_days,
-            )
-            return direct.evaluate(ctx)
+            return super().evaluate(ctx)
         return self._derived(ctx)
 
     def _derived(self, ctx: Context) -> CriterionResult:
