@@ -82,9 +82,12 @@ class ValueSetModel(_Strict):
     def _sources_named(self) -> ValueSetModel:
         names = {s.name for s in self.sources}
         for code, entry in self.codes.items():
-            if isinstance(entry, CodeEntry) and entry.source is not None:
-                if entry.source not in names:
-                    raise ValueError(f"code {code}: source '{entry.source}' is not in `sources`")
+            if (
+                isinstance(entry, CodeEntry)
+                and entry.source is not None
+                and (entry.source not in names)
+            ):
+                raise ValueError(f"code {code}: source '{entry.source}' is not in `sources`")
         return self
 
     def display(self, code: str) -> str:
