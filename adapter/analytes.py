@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from adapter.facts.model import Coding
@@ -28,3 +29,19 @@ class Analyte:
     #: codes of panels whose components carry this analyte: a server search by `code` matches
     #: the panel's own code only, so these are searched too (blood pressure 85354-9)
     panel_codes: frozenset[Coding] = frozenset()
+    #: plausibility bounds in the canonical unit (trial-spec v2); a value outside is unusable
+    plausible_low: float | None = None
+    plausible_high: float | None = None
+
+    def plausible(self, value: float) -> bool:
+        """Within the bounds; a negative value is never plausible (trial-spec v2)."""
+        if value < 0 or not math.isfinite(value):
+            return False
+        if self.plausible_low is not None and value < self.plausible_low:
+            return False
+        return self.plausible_high is None or value <= self.plausible_high
+
+    def plausible_text(self) -> str:
+        low = self.plausible_low if self.plausible_low is not None else 0
+        high = "" if self.plausible_high is None else f"{self.plausible_high:g}"
+        return f"{low:g} to {high} {self.unit}" if high else f"not negative, {self.unit}"

@@ -8,7 +8,7 @@ systems (SNOMED CT, LOINC, CPT, local codes) match exactly. `exclude` entries ar
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from adapter.facts.model import Coding
@@ -54,10 +54,24 @@ class CodeSet:
     exclude: tuple[CodePattern, ...] = ()
     #: exact codes a server search lists in addition to the exact codes of `include`
     search_variants: tuple[Coding, ...] = ()
+    #: exact codes as a set (value-set expansions hold thousands), ICD patterns as a list
+    _exact_in: frozenset[Coding] = field(init=False, repr=False, compare=False)
+    _exact_out: frozenset[Coding] = field(init=False, repr=False, compare=False)
+    _icd_in: tuple[CodePattern, ...] = field(init=False, repr=False, compare=False)
+    _icd_out: tuple[CodePattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for side, patterns in (("in", self.include), ("out", self.exclude)):
+            exact = frozenset(Coding(p.system, p.text) for p in patterns if p.kind == "exact")
+            object.__setattr__(self, f"_exact_{side}", exact)
+            object.__setattr__(self, f"_icd_{side}", tuple(p for p in patterns if p.kind == "icd"))
 
     def matches(self, coding: Coding) -> bool:
-        return any(p.matches(coding) for p in self.include) and not any(
-            p.matches(coding) for p in self.exclude
+        included = coding in self._exact_in or any(p.matches(coding) for p in self._icd_in)
+        return (
+            included
+            and coding not in self._exact_out
+            and not any(p.matches(coding) for p in self._icd_out)
         )
 
     def matches_any(self, codings: Iterable[Coding]) -> Coding | None:

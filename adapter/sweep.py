@@ -83,7 +83,7 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
         pid = patient_id_of(res)
         if pid is None:
             continue
-        fact = condition_fact(res)
+        fact = condition_fact(res, trial.system_aliases)
         if any(cs.matches_any(fact.codes) for cs in trial.cohort):
             by_patient[pid].append(fact)
     ids = set()
@@ -132,16 +132,18 @@ async def run_sweep(
         stats["Condition"] += 1
         pid = patient_id_of(res)
         if pid in wanted:
-            conditions[pid].append(condition_fact(res))
+            conditions[pid].append(condition_fact(res, trial.system_aliases))
 
     procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
     async for res in _fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
         stats["Procedure"] += 1
         pid = patient_id_of(res)
         if pid in wanted:
-            procedures[pid].append(procedure_fact(res))
+            procedures[pid].append(procedure_fact(res, trial.system_aliases))
 
-    builder = FactBuilder(trial.analytes, trial.units, trial.needed_analytes())
+    builder = FactBuilder(
+        trial.analytes, trial.units, trial.needed_analytes(), trial.system_aliases
+    )
     labs: dict[str, list[LabValue]] = defaultdict(list)
     observations = Query("Observation", codes=trial.observation_codes(), patients=wanted)
     async for res in _fetch_if("Observation" in reads, source, observations):

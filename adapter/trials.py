@@ -23,6 +23,10 @@ from adapter.criteria.kinds import Criterion, criterion_models
 from adapter.errors import MappingError
 from adapter.facts.model import Coding
 from adapter.facts.units import Units
+from adapter.valuesets import ValueSetModel, load_valueset, valueset_path
+
+#: the key of a code set's include/exclude that names value-set expansion files
+VALUESETS = "valuesets"
 
 
 def default_mappings_dir() -> Path:
@@ -44,6 +48,8 @@ class SystemModel(_Strict):
 
 class SystemsFile(_Strict):
     systems: dict[str, SystemModel]
+    #: a system's URL -> its other spellings (the OID forms of the standard systems, v2)
+    equivalents: dict[str, list[str]] = {}
 
 
 class CodeSetModel(_Strict):
@@ -63,6 +69,11 @@ class CodedAs(_Strict):
     molar_mass: float = Field(gt=0)
 
 
+class Bounds(_Strict):
+    low: float = Field(ge=0, allow_inf_nan=False)
+    high: float = Field(gt=0, allow_inf_nan=False)
+
+
 class AnalyteModel(_Strict):
     name: str
     unit: str
@@ -74,6 +85,8 @@ class AnalyteModel(_Strict):
     coded_as: list[CodedAs] = []
     value_codes: dict[str, list[str]] = {}
     panels: dict[str, list[str]] = {}
+    #: plausibility bounds in `unit` (trial-spec v2): outside them a value is unusable
+    plausible: Bounds | None = None
 
 
 class AnalytesFile(_Strict):
@@ -138,6 +151,8 @@ class Trial:
     units: Units
     source_file: Path
     content_hash: str
+    #: other spellings of a code system -> the one the mappings use (facts are read in it)
+    system_aliases: dict[str, str]
 
     def needed_analytes(self) -> frozenset[str]:
         needed: set[str] = set()
@@ -180,7 +195,11 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             raise MappingError(
                 str(path), f"no trial '{name}' (known: {', '.join(known) or 'none'})"
             )
-    systems = mapfiles.load(SystemsFile, mdir / "systems.yaml").systems
+    systems_file = mapfiles.load(SystemsFile, mdir / "systems.yaml")
+    systems = systems_file.systems
+    aliases = system_aliases(systems_file, mdir / "systems.yaml")
+    equivalents = systems_file.equivalents
+    valuesets: dict[str, ValueSetModel] = {}
     shared_sets = mapfiles.load(CodeSetsFile, mdir / "codesets.yaml")
     shared_analytes = mapfiles.load(AnalytesFile, mdir / "analytes.yaml")
     local_path = mdir / "local-codes.yaml"
@@ -199,19 +218,38 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             raise fail(loc, f"unknown code system '{alias}' (see systems.yaml)", file)
         return systems[alias]
 
+    def urls_of(system: SystemModel) -> list[str]:
+        """A system's URLs and their other spellings: a server search lists every form."""
+        return [form for url in system.urls for form in (url, *equivalents.get(url, ()))]
+
+    def expansion(name: str, loc: mapfiles.Loc, file: Path) -> ValueSetModel:
+        if name not in valuesets:
+            vs_path = valueset_path(mdir, name)
+            if not vs_path.is_file():
+                raise fail(loc, f"no value set '{name}' ({vs_path})", file)
+            valuesets[name] = load_valueset(vs_path)
+        return valuesets[name]
+
     def build_codeset(name: str, model: CodeSetModel, file: Path, base: mapfiles.Loc) -> CodeSet:
         def patterns(part: dict[str, list[str]], key: str) -> tuple[CodePattern, ...]:
             out: list[CodePattern] = []
             for alias, codes in part.items():
+                if alias == VALUESETS:
+                    for i, vs_name in enumerate(codes):
+                        vs = expansion(str(vs_name), (*base, key, alias, i), file)
+                        system = resolve_system(vs.system, (*base, key, alias, i), file)
+                        for url in urls_of(system):
+                            out.extend(CodePattern(url, code, system.match) for code in vs.codes)
+                    continue
                 system = resolve_system(alias, (*base, key, alias), file)
-                for url in system.urls:
+                for url in urls_of(system):
                     out.extend(CodePattern(url, str(code), system.match) for code in codes)
             return tuple(out)
 
         variants: list[Coding] = []
         for alias, codes in model.search_variants.items():
             system = resolve_system(alias, (*base, "search_variants", alias), file)
-            variants.extend(Coding(url, str(c)) for url in system.urls for c in codes)
+            variants.extend(Coding(url, str(c)) for url in urls_of(system) for c in codes)
         return CodeSet(
             name,
             patterns(model.include, "include"),
@@ -244,19 +282,19 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         value_codes: set[Coding] = set()
         for alias, code_list in a_model.value_codes.items():
             system = resolve_system(alias, (*base, "value_codes", alias), file)
-            value_codes.update(Coding(url, str(c)) for url in system.urls for c in code_list)
+            value_codes.update(Coding(url, str(c)) for url in urls_of(system) for c in code_list)
         panel_codes: set[Coding] = set()
         for alias, code_list in a_model.panels.items():
             system = resolve_system(alias, (*base, "panels", alias), file)
-            panel_codes.update(Coding(url, str(c)) for url in system.urls for c in code_list)
+            panel_codes.update(Coding(url, str(c)) for url in urls_of(system) for c in code_list)
         codes: dict[Coding, float | None] = {}
         for alias, code_list in a_model.codes.items():
             system = resolve_system(alias, (*base, "codes", alias), file)
-            for url in system.urls:
+            for url in urls_of(system):
                 codes.update({Coding(url, str(c)): None for c in code_list})
         for extra in a_model.coded_as:
             system = resolve_system(extra.system, (*base, "coded_as"), file)
-            codes.update({Coding(url, extra.code): extra.molar_mass for url in system.urls})
+            codes.update({Coding(url, extra.code): extra.molar_mass for url in urls_of(system)})
         analytes[a_name] = Analyte(
             a_name,
             a_model.name,
@@ -268,6 +306,8 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             a_model.unit_if_missing,
             frozenset(value_codes),
             frozenset(panel_codes),
+            a_model.plausible.low if a_model.plausible else None,
+            a_model.plausible.high if a_model.plausible else None,
         )
     other_trials: set[str] | None = None
     for i, lc in enumerate(local.local_codes):
@@ -282,7 +322,7 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
                 str(local_path), f"unknown analyte '{lc.analyte}'", field=f"local_codes.{i}.analyte"
             )
         system = resolve_system(lc.system, ("local_codes", i, "system"), local_path)
-        for url in system.urls:
+        for url in urls_of(system):
             analytes[lc.analyte].codes[Coding(url, lc.code)] = None
 
     cohort: list[CodeSet] = []
@@ -335,7 +375,23 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         units=units,
         source_file=path,
         content_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+        system_aliases=aliases,
     )
+
+
+def system_aliases(systems: SystemsFile, path: Path) -> dict[str, str]:
+    """Every other spelling of a system -> its URL; one spelling may name one system only."""
+    out: dict[str, str] = {}
+    for url, others in systems.equivalents.items():
+        for other in others:
+            if other in out and out[other] != url:
+                raise MappingError(
+                    str(path),
+                    f"'{other}' is given for both {out[other]} and {url}",
+                    field=f"equivalents.{url}",
+                )
+            out[other] = url
+    return out
 
 
 def _analytes_of_other_trials(mdir: Path) -> set[str]:

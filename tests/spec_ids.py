@@ -10,5 +10,5 @@ AUTOMATED = (
 MANUAL = (
     "pathology_confirmed", "postop_imaging_clear_at_2_months", "expected_survival_over_6_months",
     "no_growth_factors_or_blood_products_2_weeks", "no_conflicting_serious_disease",
-    "contraception_agreement", "informed_consent",
+    "contraception_agreement", "informed_consent", "no_major_vascular_invasion",
 )  # fmt: skip

@@ -149,8 +149,10 @@ def build_mappings(root: Path) -> Path:
     """The bundled mappings, copied, plus a site system, a local code and the third trial."""
     mappings = root / "mappings"
     shutil.copytree(default_mappings_dir(), mappings)
-    with (mappings / "systems.yaml").open("a") as f:
-        f.write(SYSTEMS_LINE)
+    systems = mappings / "systems.yaml"
+    text = systems.read_text()
+    # the site's system goes in the `systems:` block, before `equivalents:`
+    systems.write_text(text.replace("\nequivalents:", "\n" + SYSTEMS_LINE + "equivalents:", 1))
     with (mappings / "local-codes.yaml").open("a") as f:
         f.write(LOCAL_CODE_LINE)
     (mappings / "trials" / f"{TRIAL}.yaml").write_text(TRIAL_YAML)

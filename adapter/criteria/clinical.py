@@ -155,10 +155,12 @@ class ConditionalLab(LabThreshold):
 
 class NotPregnant(Criterion):
     """Not pregnant: male is met; anyone else over `max_age_requiring_test` is met; otherwise the
-    latest serum hCG in the window decides (negative met, positive not_met, none unknown). An
-    active `pregnancy_codeset` Condition is not_met whatever the age or recorded gender.
+    latest serum hCG in the window decides (negative met, positive not_met, none unknown). For a
+    female, an active `pregnancy_codeset` Condition is not_met whatever the age; for a male, sex
+    decides and the evidence notes the code (trial-spec v2).
 
-    Gender other, unknown or absent is treated as female. A partial birthDate that may be at or
+    Sex is the sex-for-clinical-use or birth-sex extension where present, else gender; other,
+    unknown, absent or disagreeing is treated as female. A partial birthDate that may be at or
     under the age limit, or none, requires a test. hCG is read from `presence_analyte` (coded
     answers in `positive_codes` / `negative_codes`: system -> codes) or `quantity_analyte`
     (>= positive_at is positive; an interval across it, like `<10`, is unknown).
@@ -213,18 +215,36 @@ class NotPregnant(Criterion):
 
     def evaluate(self, ctx: Context) -> CriterionResult:
         pregnant = list(ctx.conditions_in(self.pregnancy_codeset, active_only=True))
+        p = ctx.facts.patient
+        sex = p.sex
+        if sex == "male":
+            # trial-spec v2: for a male, sex decides; a pregnancy code is noted, not counted.
+            note = "sex male" if p.recorded_sex is None else "sex male (sex extension)"
+            male = (
+                Evidence(reference=p.reference, note=note),
+                *(
+                    condition_evidence(
+                        ctx,
+                        c,
+                        self.pregnancy_codeset,
+                        note="a pregnancy code on a male: not counted",
+                    )
+                    for c in pregnant
+                ),
+            )
+            reason = "male" + (
+                f"; an active {self.pregnancy_codeset} code is recorded and not counted"
+                if pregnant
+                else ""
+            )
+            return CriterionResult(Result.MET, reason, male)
         if pregnant:
             return CriterionResult(
                 Result.NOT_MET,
                 f"active {self.pregnancy_codeset} Condition",
                 tuple(condition_evidence(ctx, c, self.pregnancy_codeset) for c in pregnant),
             )
-        p = ctx.facts.patient
-        if p.gender == "male":
-            return CriterionResult(
-                Result.MET, "male", (Evidence(reference=p.reference, note="gender male"),)
-            )
-        who = "female" if p.gender == "female" else f"gender {p.gender or 'absent'} (as female)"
+        who = "female" if sex == "female" else f"sex {sex or 'absent'} (as female)"
         limit = self.max_age_requiring_test
         if p.birth_date is None:
             aged = "of unknown age (no birthDate)"

@@ -30,15 +30,41 @@ class Context:
         for cond in self.facts.conditions:
             if cond.verification_status in DISCOUNTED_VERIFICATION:
                 continue
-            if active_only and not is_active(cond):
+            if active_only and not is_active(cond, self.as_of, self.facts.patient.birth_date):
                 continue
             if cs.matches_any(cond.codes) is not None:
                 yield cond
 
 
-def is_active(cond: ConditionFact) -> bool:
-    """Active: clinicalStatus active, recurrence or relapse; no clinicalStatus counts as active."""
-    return cond.clinical_status is None or cond.clinical_status in ACTIVE_STATUSES
+def is_active(cond: ConditionFact, as_of: date, birth_date: FhirDate | None = None) -> bool:
+    """Active: clinicalStatus active, recurrence or relapse.
+
+    A Condition with no clinicalStatus counts as active unless it has ended (trial-spec v2): an
+    abatementDateTime or abatementPeriod end on or before as-of (the whole span of a partial
+    date), an abatementString or abatementBoolean true, or an abatementAge or abatementRange that
+    birthDate puts on or before as-of (the latest day it may be, for a partial birthDate).
+    """
+    if cond.clinical_status is not None:
+        return cond.clinical_status in ACTIVE_STATUSES
+    ended = cond.abatement
+    if ended is None:
+        return True
+    if ended.ended:
+        return False
+    if ended.date is not None:
+        return ended.date.last_day > as_of
+    if ended.years is not None and birth_date is not None and 0 <= ended.years <= 150:
+        return _plus_years(birth_date.last_day, ended.years) > as_of
+    return True
+
+
+def _plus_years(day: date, years: float) -> date:
+    whole = int(years)
+    try:
+        moved = day.replace(year=day.year + whole)
+    except ValueError:  # 29 February
+        moved = day.replace(year=day.year + whole, day=28)
+    return moved + timedelta(days=round((years - whole) * 365.25))
 
 
 def window_start(as_of: date, days: int) -> date:

@@ -9,6 +9,7 @@ ambiguous date").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -89,9 +90,12 @@ class EarlyRecurrence(Criterion):
     """Recurrence R between P + min_days and P + max_years, P the latest completed treatment.
 
     P: the latest completed (`status == completed`) Procedure in `procedure_codeset` performed on
-    or before as-of. R: the earliest onset after P among the counting, active Conditions in
-    `condition_codeset` (recurrence and relapse are active statuses; a Condition's date is its
-    onset, else recordedDate). Onset on P's own day is not after P. Partial dates are spans: P
+    or before as-of. Trial-spec v2: when a counting Condition in `condition_codeset` after P has
+    clinicalStatus recurrence or relapse, R is the earliest onset among those. Otherwise every
+    onset after P of an active one is a possible R (hospitals re-code at each admission): met
+    when the earliest is in the range, unknown when it is before and a later one is in it,
+    not_met when none is. A Condition's date is its onset, else recordedDate; onset on P's own
+    day is not after P. Partial dates are spans: P
     lies between the latest possible earliest day and the latest possible last day of the
     candidates; a Condition whose span may fall on either side of P gives unknown, as does a
     range check the spans cannot settle.
@@ -174,45 +178,141 @@ class EarlyRecurrence(Criterion):
                 f"{p_text}",
                 p_ev,
             )
-        r_lo = min(when.first_day for _, when in after)
-        r_hi = min(when.last_day for _, when in after)
-        earliest = [(c, w) for c, w in after if w.first_day <= r_hi]
+        span = _Range(p_lo, p_hi, self.min_days, self.max_years)
+        recurred = [(c, w) for c, w in after if c.clinical_status in RECURRED]
+        if recurred:
+            # trial-spec v2: R is the earliest onset among the Conditions coded as a recurrence.
+            return self._decide_recurrence(ctx, recurred, span, p_text, p_ev)
+        return self._decide_recodings(ctx, after, span, p_text, p_ev)
+
+    def _decide_recurrence(
+        self,
+        ctx: Context,
+        recurred: list[tuple[ConditionFact, FhirDate]],
+        span: _Range,
+        p_text: str,
+        p_ev: tuple[Evidence, ...],
+    ) -> CriterionResult:
+        r_lo = min(when.first_day for _, when in recurred)
+        r_hi = min(when.last_day for _, when in recurred)
+        earliest = [(c, w) for c, w in recurred if w.first_day <= r_hi]
         r_text = " or ".join(sorted({day_text(w) for _, w in earliest}))
-        threshold = f"P + {self.min_days} days <= R <= P + {self.max_years} years"
-        if p_lo == p_hi:
-            low, high = p_lo + timedelta(days=self.min_days), add_years(p_lo, self.max_years)
-            threshold = f"{low.isoformat()} <= R <= {high.isoformat()}"
-        ev = (
-            *p_ev,
-            *(
-                condition_evidence(
-                    ctx, c, self.condition_codeset, note="R: onset after P", threshold=threshold
-                )
-                for c, _ in earliest
-            ),
-        )
-        too_soon_for_sure = r_hi < p_lo + timedelta(days=self.min_days)
-        too_late_for_sure = r_lo > add_years(p_hi, self.max_years)
-        late_enough = r_lo >= p_hi + timedelta(days=self.min_days)
-        soon_enough = r_hi <= add_years(p_lo, self.max_years)
+        ev = (*p_ev, *self._r_evidence(ctx, earliest, span, "R: recurrence after P"))
         gap = f"recurrence {r_text} after the treatment on {p_text}"
-        if p_lo == p_hi and r_lo == r_hi:
-            gap = f"recurrence {r_text}, {(r_lo - p_lo).days} days after the treatment on {p_text}"
-        if too_soon_for_sure:
+        if span.p_lo == span.p_hi and r_lo == r_hi:
+            gap = (
+                f"recurrence {r_text}, {(r_lo - span.p_lo).days} days after the treatment on "
+                f"{p_text}"
+            )
+        where = span.place(r_lo, r_hi)
+        if where == "before":
             return CriterionResult(Result.NOT_MET, f"{gap}: sooner than {self.min_days} days", ev)
-        if too_late_for_sure:
+        if where == "after":
             return CriterionResult(Result.NOT_MET, f"{gap}: later than {self.max_years} years", ev)
-        if late_enough and soon_enough:
+        if where == "in":
+            return CriterionResult(
+                Result.MET, f"{gap}: within {self.min_days} days to {self.max_years} years", ev
+            )
+        return CriterionResult(
+            Result.UNKNOWN,
+            f"{gap}: partial dates may put it on either side of {span.threshold()}",
+            ev,
+        )
+
+    def _decide_recodings(
+        self,
+        ctx: Context,
+        after: list[tuple[ConditionFact, FhirDate]],
+        span: _Range,
+        p_text: str,
+        p_ev: tuple[Evidence, ...],
+    ) -> CriterionResult:
+        """No Condition says recurrence: every active one after P is a possible R (hospitals
+        re-code C22.0 at every admission, so the first may be a post-operative stay)."""
+        places = [(c, w, span.place(w.first_day, w.last_day)) for c, w in after]
+        first_last = min(w.last_day for _, w in after)
+        earliest = [(c, w, where) for c, w, where in places if w.first_day <= first_last]
+        ev = (*p_ev, *self._r_evidence(ctx, [(c, w) for c, w, _ in places], span, None))
+        dates = ", ".join(sorted({day_text(w) for _, w in after}))
+        named = f"{self.condition_codeset} onsets after the treatment on {p_text}: {dates}"
+        if all(where == "in" for _, _, where in earliest):
+            first = " or ".join(sorted({day_text(w) for _, w, _ in earliest}))
             return CriterionResult(
                 Result.MET,
-                f"{gap}: within {self.min_days} days to {self.max_years} years",
+                f"{named}; the earliest ({first}) is within {self.min_days} days to "
+                f"{self.max_years} years",
+                ev,
+            )
+        if not any(where in ("in", "maybe") for _, _, where in places):
+            return CriterionResult(
+                Result.NOT_MET,
+                f"{named}; none is within {self.min_days} days to {self.max_years} years "
+                f"({span.threshold()})",
+                ev,
+            )
+        if all(where == "before" for _, _, where in earliest):
+            return CriterionResult(
+                Result.UNKNOWN,
+                f"{named}; the earliest is sooner than {self.min_days} days (it may be a "
+                "post-operative re-coding, not a recurrence) and a later one is in range: the "
+                "coordinator confirms the recurrence date",
                 ev,
             )
         return CriterionResult(
             Result.UNKNOWN,
-            f"{gap}: partial dates may put it on either side of {threshold}",
+            f"{named}; partial dates may put the earliest on either side of {span.threshold()}",
             ev,
         )
+
+    def _r_evidence(
+        self,
+        ctx: Context,
+        conds: list[tuple[ConditionFact, FhirDate]],
+        span: _Range,
+        note: str | None,
+    ) -> tuple[Evidence, ...]:
+        return tuple(
+            condition_evidence(
+                ctx,
+                c,
+                self.condition_codeset,
+                note=note or f"a possible R: {span.place(w.first_day, w.last_day)} the range",
+                threshold=span.threshold(),
+            )
+            for c, w in conds
+        )
+
+
+#: clinicalStatus codes that say a Condition is a recurrence (trial-spec v2, early_recurrence)
+RECURRED = frozenset({"recurrence", "relapse"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    """P + min_days <= R <= P + max_years, with P known to lie within p_lo..p_hi."""
+
+    p_lo: date
+    p_hi: date
+    min_days: int
+    max_years: int
+
+    def threshold(self) -> str:
+        if self.p_lo == self.p_hi:
+            low = self.p_lo + timedelta(days=self.min_days)
+            return f"{low.isoformat()} <= R <= {add_years(self.p_lo, self.max_years).isoformat()}"
+        return f"P + {self.min_days} days <= R <= P + {self.max_years} years"
+
+    def place(self, first: date, last: date) -> str:
+        """'before', 'in' or 'after' the range for certain, else 'maybe', for R in first..last."""
+        if last < self.p_lo + timedelta(days=self.min_days):
+            return "before"
+        if first > add_years(self.p_hi, self.max_years):
+            return "after"
+        if first >= self.p_hi + timedelta(days=self.min_days) and last <= add_years(
+            self.p_lo, self.max_years
+        ):
+            return "in"
+        return "maybe"
 
 
 def _day(proc: ProcedureFact) -> FhirDate:

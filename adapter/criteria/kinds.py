@@ -193,20 +193,35 @@ class Diagnosis(Criterion):
 
 
 class ConditionAbsent(Criterion):
-    """No counting Condition in `codeset` (active ones only, or any clinicalStatus)."""
+    """No counting Condition in `codeset` (active ones only, or any clinicalStatus).
+
+    `undecided_codeset` names Conditions that make the criterion unknown rather than not_met
+    when nothing in `codeset` is found (trial-spec v2: a WHO Z85.0 may be the liver cancer
+    itself, so no_other_malignancy is unknown and the coordinator reads the history).
+    """
 
     kind: Literal["condition_absent"]
     codeset: str
     active_only: bool
+    undecided_codeset: str | None = None
 
     def codesets(self) -> frozenset[str]:
-        return frozenset({self.codeset})
+        return frozenset(x for x in (self.codeset, self.undecided_codeset) if x)
 
     def evaluate(self, ctx: Context) -> CriterionResult:
         found = _condition_evidence(ctx, self.codeset, active_only=self.active_only)
         which = "active " if self.active_only else ""
         if found:
             return CriterionResult(Result.NOT_MET, f"{which}{self.codeset} Condition", found)
+        if self.undecided_codeset:
+            maybe = _condition_evidence(ctx, self.undecided_codeset, active_only=self.active_only)
+            if maybe:
+                return CriterionResult(
+                    Result.UNKNOWN,
+                    f"{which}{self.undecided_codeset} Condition: it may or may not be a "
+                    f"{self.codeset}; the coordinator reads the history",
+                    maybe,
+                )
         return CriterionResult(Result.MET, f"no {which}{self.codeset} Condition")
 
 

@@ -1,21 +1,21 @@
 """Lab values: choosing the latest usable one in a window, and comparing intervals to thresholds.
 
-Trial-spec, data rules and fine print: the latest status-usable Observation in the window decides;
-if its value cannot be normalised the result is unknown with no fall-back; same-timestamp values
-that disagree give unknown; a partial date that crosses the window edge, or could be the latest,
-gives unknown. A comparator makes the value an interval, decided only when the whole interval is
-on one side of the threshold.
+Trial-spec, data rules and fine print: the latest status-usable Observation in the window decides
+(chosen by adapter.criteria.latest: instants, corrections, dates that could be either); if its
+value cannot be normalised the result is unknown with no fall-back. A comparator makes the value
+an interval, decided only when the whole interval is on one side of the threshold.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass
 from datetime import date
 
 from adapter.criteria.context import Context, placement, window_start
+from adapter.criteria.latest import choose_latest, same_value
 from adapter.criteria.results import Evidence, Result
-from adapter.facts.dates import FhirDate
 from adapter.facts.model import LabValue, Normalised
 
 #: Observation.status values whose data may be used
@@ -30,63 +30,50 @@ class Pick:
     problem: str | None = None
 
 
-def latest_lab(ctx: Context, analyte: str, days: int) -> Pick:
-    """The latest usable `analyte` value in the `days`-day window ending at as-of."""
+def latest_lab(
+    ctx: Context,
+    analyte: str,
+    days: int,
+    outcome: Callable[[LabValue], Hashable] = same_value,
+) -> Pick:
+    """The latest usable `analyte` value in the `days`-day window ending at as-of.
+
+    `outcome` is what the criterion decides from a value: values that could each be the latest
+    decide together when their outcomes agree (trial-spec: unknown when the choice changes it).
+    """
     name = ctx.analytes[analyte].name.lower() if analyte in ctx.analytes else analyte
+    inside, straddling = in_window(ctx, {analyte}, days)
+    choice = choose_latest(
+        inside,
+        straddling,
+        what=name,
+        none=f"no {name} in the {days} days before {ctx.as_of.isoformat()}",
+        outcome=outcome,
+    )
+    if choice.lab is None:
+        return Pick(None, choice.problem)
+    if choice.lab.normalised is None:
+        return Pick(choice.lab, choice.lab.problem or f"the latest {name} has no usable value")
+    return Pick(choice.lab)
+
+
+def in_window(
+    ctx: Context, analytes: Collection[str], days: int
+) -> tuple[list[LabValue], list[LabValue]]:
+    """Status-usable, dated values of `analytes`: those inside the window, and those whose partial
+    date crosses its edge (they may or may not be inside)."""
     start = window_start(ctx.as_of, days)
     inside: list[LabValue] = []
     straddling: list[LabValue] = []
     for lab in ctx.facts.labs:
-        if lab.analyte != analyte or lab.status not in USABLE_STATUSES or lab.date is None:
+        if lab.analyte not in analytes or lab.status not in USABLE_STATUSES or lab.date is None:
             continue
         where = placement(lab.date, start, ctx.as_of)
         if where == "inside":
             inside.append(lab)
         elif where == "straddles":
             straddling.append(lab)
-    no_value = f"no {name} in the {days} days before {ctx.as_of.isoformat()}"
-    if not inside:
-        if straddling:
-            return Pick(None, f"{no_value} for certain: a partial date crosses the window edge")
-        return Pick(None, no_value)
-    latest = max(inside, key=lambda lab: _key(lab))
-    assert latest.date is not None
-    for other in (*inside, *straddling):
-        if other is latest:
-            continue
-        assert other.date is not None
-        both_exact = other.date.is_exact_day and latest.date.is_exact_day
-        if not both_exact and other.date.last_day >= latest.date.first_day:
-            return Pick(None, f"a partial date ({other.date.text}) could be the latest {name}")
-        if _same_time(other.date, latest.date) and not _agree(other, latest):
-            return Pick(None, f"two {name} values with the same timestamp disagree")
-    if latest.normalised is None:
-        return Pick(latest, latest.problem or f"the latest {name} has no usable value")
-    return Pick(latest)
-
-
-def _key(lab: LabValue) -> tuple[date, float]:
-    assert lab.date is not None
-    day, moment = lab.date.sort_key()
-    return (day, moment.timestamp())
-
-
-def _same_time(a: FhirDate, b: FhirDate) -> bool:
-    """Same timestamp: the same exact day, and the same instant when both have one."""
-    if a.first_day != b.first_day or not a.is_exact_day:
-        return False
-    if a.instant is None or b.instant is None:
-        return True
-    return a.instant == b.instant
-
-
-def _agree(a: LabValue, b: LabValue) -> bool:
-    if a.normalised is None or b.normalised is None:
-        return False
-    return (a.normalised.value, a.normalised.comparator) == (
-        b.normalised.value,
-        b.normalised.comparator,
-    )
+    return inside, straddling
 
 
 def interval(value: Normalised) -> tuple[float, bool, float, bool]:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import date
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from pydantic import Field
 
-from adapter.criteria.context import Context, placement, window_start
+from adapter.criteria.context import Context
 from adapter.criteria.history import condition_evidence, patient_evidence
 from adapter.criteria.kinds import Criterion, Problem
-from adapter.criteria.labs import USABLE_STATUSES, compare, fmt
+from adapter.criteria.labs import compare, fmt, in_window
+from adapter.criteria.latest import choose_latest, same_value
 from adapter.criteria.results import CriterionResult, Evidence, Result, all_of
 from adapter.facts.dates import FhirDate
 from adapter.facts.model import Coding, LabValue, Normalised
@@ -39,44 +39,6 @@ CodeNumbers = dict[str, dict[str, int]]
 def analyte_name(ctx: Context, analyte: str) -> str:
     """The analyte's name as people read it ('ECOG performance status')."""
     return ctx.analytes[analyte].name if analyte in ctx.analytes else analyte
-
-
-def in_window(
-    ctx: Context, analytes: Collection[str], days: int
-) -> tuple[list[LabValue], list[LabValue]]:
-    """Status-usable, dated values of `analytes`: those inside the window, and those whose partial
-    date crosses its edge (they may or may not be inside)."""
-    start = window_start(ctx.as_of, days)
-    inside: list[LabValue] = []
-    straddling: list[LabValue] = []
-    for lab in ctx.facts.labs:
-        if lab.analyte not in analytes or lab.status not in USABLE_STATUSES or lab.date is None:
-            continue
-        where = placement(lab.date, start, ctx.as_of)
-        if where == "inside":
-            inside.append(lab)
-        elif where == "straddles":
-            straddling.append(lab)
-    return inside, straddling
-
-
-def later_key(when: FhirDate) -> tuple[date, float]:
-    """Sort key for 'latest': the last day it may be, then its instant within that day."""
-    day, moment = when.sort_key()
-    return (day, moment.timestamp())
-
-
-def same_time(a: FhirDate, b: FhirDate) -> bool:
-    """Same exact day and no instant that tells them apart (as labs.latest_lab compares)."""
-    if a.first_day != b.first_day or not (a.is_exact_day and b.is_exact_day):
-        return False
-    return a.instant is None or b.instant is None or a.instant == b.instant
-
-
-def could_be_later(other: FhirDate, latest: FhirDate) -> bool:
-    """A partial date whose span reaches the latest one's day: it may be the later of the two."""
-    both_exact = other.is_exact_day and latest.is_exact_day
-    return not both_exact and other.last_day >= latest.first_day
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +64,7 @@ def latest_reading(
     """The latest usable value of any of `analytes` in the window, and `read` of it.
 
     Like labs.latest_lab, but across several analytes (serum hCG as presence or quantity) and for
-    coded values: two values at the same time agree when `read` gives the same for both.
+    coded values: candidates for the latest agree when `read` gives the same for them.
     `only_readable` skips values `read` cannot interpret before choosing (the NYHA rule: "the
     latest Observation whose value is one of the NYHA codes").
     """
@@ -110,24 +72,20 @@ def latest_reading(
     if only_readable:
         inside = [lab for lab in inside if read(lab) is not None]
         straddling = [lab for lab in straddling if read(lab) is not None]
-    none = f"no {what} in the {days} days before {ctx.as_of.isoformat()}"
-    if not inside:
-        if straddling:
-            return Reading(None, problem=f"{none} for certain: a partial date crosses the window")
-        return Reading(None, problem=none, absent=True)
-    latest = max(inside, key=lambda lab: later_key(_dated(lab)))
-    for other in (*inside, *straddling):
-        if other is latest:
-            continue
-        if could_be_later(_dated(other), _dated(latest)):
-            partial = _dated(latest) if _dated(other).is_exact_day else _dated(other)
-            return Reading(None, problem=f"a partial date ({partial.text}) could be the latest")
-        if same_time(_dated(other), _dated(latest)) and read(other) != read(latest):
-            return Reading(None, problem=f"two {what} values with the same timestamp disagree")
-    value = read(latest)
+    choice = choose_latest(
+        inside,
+        straddling,
+        what=what,
+        none=f"no {what} in the {days} days before {ctx.as_of.isoformat()}",
+        outcome=lambda lab: ("read", read(lab)) if read(lab) is not None else same_value(lab),
+        agree=lambda lab: ("read", read(lab)) if read(lab) is not None else same_value(lab),
+    )
+    if choice.lab is None:
+        return Reading(None, problem=choice.problem, absent=choice.absent)
+    value = read(choice.lab)
     if value is None:
-        return Reading(latest, problem=unreadable(latest, what))
-    return Reading(latest, value)
+        return Reading(choice.lab, problem=unreadable(choice.lab, what))
+    return Reading(choice.lab, value)
 
 
 def _dated(lab: LabValue) -> FhirDate:
@@ -346,25 +304,27 @@ class TumourBurden(Criterion):
 
 
 # -- blood pressure ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Pair:
-    systolic: LabValue
-    diastolic: LabValue
+def is_reading(lab: LabValue) -> bool:
+    """A reading has a value: a panel's parent, a dataAbsentReason or an implausible value is
+    none (trial-spec v2, blood pressure: an earlier reading may then decide)."""
+    return has_value(lab) and not lab.implausible
 
-    @property
-    def when(self) -> FhirDate:
-        return _dated(self.systolic)
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    """One side of the blood pressure: its result (None: no reading), reason and evidence."""
+
+    result: Result | None
+    reason: str
+    evidence: tuple[Evidence, ...]
 
 
 class BloodPressure(Criterion):
-    """The latest complete pair in the window: systolic < systolic_below and diastolic <
-    diastolic_below is met, either at or above is not_met. No pair: met without an active
-    `hypertension_codeset` Condition, unknown with one.
-
-    A pair is the two components of one panel (same Observation), or a systolic and a diastolic
-    Observation with the same timestamp (equal date text, or equal instant). A reading with no
-    value (a panel parent, a dataAbsentReason) is not part of a pair; one whose unit cannot be
-    read is, and makes the pair unknown with no fall-back.
+    """Systolic and diastolic judged apart (trial-spec v2), each by its latest reading in the
+    window, a panel component or a single Observation alike: met when both are under their limit,
+    or one is and the other is absent, or both are absent, without an active
+    `hypertension_codeset` Condition; not_met when either is at or over its limit; unknown when a
+    reading is absent with active hypertension, or the latest one cannot be read (no fall-back).
     """
 
     kind: Literal["blood_pressure"]
@@ -389,100 +349,65 @@ class BloodPressure(Criterion):
             analytes, [self.systolic_analyte, self.diastolic_analyte], self.unit
         )
 
-    def _pairs(self, ctx: Context) -> tuple[list[_Pair], list[_Pair]]:
-        s_in, s_out = in_window(ctx, {self.systolic_analyte}, self.window_days)
-        d_in, d_out = in_window(ctx, {self.diastolic_analyte}, self.window_days)
-        inside: list[_Pair] = []
-        straddling: list[_Pair] = []
-        for s in filter(has_value, (*s_in, *s_out)):
-            for d in filter(has_value, (*d_in, *d_out)):
-                sd, dd = _dated(s), _dated(d)
-                same = s.reference == d.reference or sd.text == dd.text
-                if not same and (sd.instant is None or sd.instant != dd.instant):
-                    continue
-                pair = _Pair(s, d)
-                (inside if s in s_in and d in d_in else straddling).append(pair)
-        return inside, straddling
+    def _component(self, ctx: Context, side: str, analyte: str, below: float) -> _Component:
+        inside, straddling = in_window(ctx, {analyte}, self.window_days)
+        threshold = f"< {fmt(below)} {self.unit}"
 
-    def _decide(self, pair: _Pair) -> Result:
-        s, d = pair.systolic.normalised, pair.diastolic.normalised
-        if s is None or d is None:
-            return Result.UNKNOWN
-        return all_of([compare(s, "<", self.systolic_below), compare(d, "<", self.diastolic_below)])
+        def judge(lab: LabValue) -> object:
+            norm = lab.normalised
+            return compare(norm, "<", below) if norm is not None else ("unreadable", lab.problem)
+
+        choice = choose_latest(
+            [lab for lab in inside if is_reading(lab)],
+            [lab for lab in straddling if is_reading(lab)],
+            what=f"{side} blood pressure",
+            none=f"no {side} blood pressure in the {self.window_days} days before "
+            f"{ctx.as_of.isoformat()}",
+            outcome=judge,
+        )
+        if choice.absent:
+            return _Component(None, choice.problem or "", ())
+        if choice.lab is None:
+            return _Component(Result.UNKNOWN, choice.problem or "", ())
+        lab = choice.lab
+        ev = (reading_evidence(lab, threshold=threshold),)
+        norm = lab.normalised
+        on = _dated(lab).text
+        if norm is None:
+            why = lab.problem or "no usable value"
+            return _Component(Result.UNKNOWN, f"the latest {side} ({on}) cannot be read: {why}", ev)
+        result = compare(norm, "<", below)
+        value = f"{side} {shown(norm)} {self.unit} on {on}"
+        where = {
+            Result.MET: f"under {fmt(below)}",
+            Result.NOT_MET: f"at or over {fmt(below)}",
+            Result.UNKNOWN: f"may be on either side of {fmt(below)}",
+        }[result]
+        return _Component(result, f"{value} {where}", ev)
 
     def evaluate(self, ctx: Context) -> CriterionResult:
-        inside, straddling = self._pairs(ctx)
-        window = f"in the {self.window_days} days before {ctx.as_of.isoformat()}"
-        exact = [p for p in inside if p.when.is_exact_day]
-        if not exact:
-            if inside or straddling:
-                partial = [*inside, *straddling]
-                ev = tuple(
-                    reading_evidence(lab) for p in partial for lab in (p.systolic, p.diastolic)
-                )
-                return CriterionResult(
-                    Result.UNKNOWN, f"no blood pressure {window} with a full date", ev
-                )
-            return self._no_pair(ctx, window)
-        latest = max(exact, key=lambda p: later_key(p.when))
-        for other in (*inside, *straddling):
-            if other is latest:
-                continue
-            if could_be_later(other.when, latest.when):
-                return CriterionResult(
-                    Result.UNKNOWN,
-                    f"a blood pressure with a partial date ({other.when.text}) could be the latest",
-                    self._evidence(other),
-                )
-            if same_time(other.when, latest.when) and self._decide(other) != self._decide(latest):
-                return CriterionResult(
-                    Result.UNKNOWN,
-                    f"two blood pressures at {latest.when.text} disagree",
-                    self._evidence(latest) + self._evidence(other),
-                )
-        ev = self._evidence(latest)
-        s, d = latest.systolic.normalised, latest.diastolic.normalised
-        if s is None or d is None:
-            bad = latest.systolic if s is None else latest.diastolic
-            return CriterionResult(
-                Result.UNKNOWN,
-                f"the latest blood pressure ({latest.when.text}) cannot be read: "
-                f"{bad.problem or 'no usable value'}",
-                ev,
-            )
-        result = self._decide(latest)
-        bp = f"{shown(s)}/{shown(d)} {self.unit} on {latest.when.text}"
-        limits = f"{fmt(self.systolic_below)}/{fmt(self.diastolic_below)}"
-        if result is Result.MET:
-            return CriterionResult(result, f"{bp}: below {limits}", ev)
-        if result is Result.NOT_MET:
-            return CriterionResult(result, f"{bp}: at or above {limits}", ev)
-        return CriterionResult(result, f"{bp} may be on either side of {limits}", ev)
-
-    def _evidence(self, pair: _Pair) -> tuple[Evidence, ...]:
-        return (
-            reading_evidence(pair.systolic, threshold=f"< {fmt(self.systolic_below)} {self.unit}"),
-            reading_evidence(
-                pair.diastolic, threshold=f"< {fmt(self.diastolic_below)} {self.unit}"
-            ),
+        sides = (
+            self._component(ctx, "systolic", self.systolic_analyte, self.systolic_below),
+            self._component(ctx, "diastolic", self.diastolic_analyte, self.diastolic_below),
         )
-
-    def _no_pair(self, ctx: Context, window: str) -> CriterionResult:
+        ev = tuple(e for side in sides for e in side.evidence)
+        reason = "; ".join(side.reason for side in sides)
+        results = {side.result for side in sides}
+        if Result.NOT_MET in results:
+            return CriterionResult(Result.NOT_MET, reason, ev)
+        if Result.UNKNOWN in results:
+            return CriterionResult(Result.UNKNOWN, reason, ev)
+        if None not in results:
+            return CriterionResult(Result.MET, reason, ev)
         htn = list(ctx.conditions_in(self.hypertension_codeset, active_only=True))
         if not htn:
-            note = (
-                f"no blood pressure pair {window}; no active {self.hypertension_codeset} Condition"
-            )
-            return CriterionResult(
-                Result.MET,
-                f"no blood pressure {window} and no active {self.hypertension_codeset}",
-                (patient_evidence(ctx, note),),
-            )
-        ev = tuple(condition_evidence(ctx, cond, self.hypertension_codeset) for cond in htn)
+            note = f"{reason}; no active {self.hypertension_codeset} Condition"
+            return CriterionResult(Result.MET, note, ev or (patient_evidence(ctx, note),))
+        htn_ev = tuple(condition_evidence(ctx, c, self.hypertension_codeset) for c in htn)
         return CriterionResult(
             Result.UNKNOWN,
-            f"active {self.hypertension_codeset} and no blood pressure {window}",
-            ev,
+            f"{reason}; active {self.hypertension_codeset}: an absent reading could be high",
+            ev + htn_ev,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from adapter.analytes import Analyte
 from adapter.facts.dates import FhirDate, parse_fhir_date
 from adapter.facts.model import (
+    Abatement,
     Coding,
     ConditionFact,
     LabValue,
@@ -27,10 +28,21 @@ from adapter.facts.units import Unconvertible, Units
 Json = Mapping[str, Any]
 UCUM = "http://unitsofmeasure.org"
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
+#: other spellings of a code system -> the one mappings use (`urn:oid:2.16.840.1.113883.6.1` ->
+#: `http://loinc.org`), from mappings/systems.yaml `equivalents`
+Aliases = Mapping[str, str]
+NO_ALIASES: Aliases = {}
+
+BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
+#: the sex-for-clinical-use extension (FHIR R5 core, used in R4 too), by its URLs' last part
+CLINICAL_SEX_NAMES = ("patient-sexParameterForClinicalUse", "patient-sexForClinicalUse")
+_BIRTH_SEX_CODES = {"M": "male", "F": "female"}
+_CLINICAL_SEX_CODES = {"male-typical": "male", "female-typical": "female"}
 
 
-def codings(concept: object) -> tuple[Coding, ...]:
-    """The (system, code) pairs of a CodeableConcept; codings missing either are skipped."""
+def codings(concept: object, aliases: Aliases = NO_ALIASES) -> tuple[Coding, ...]:
+    """The (system, code) pairs of a CodeableConcept, systems in the mappings' spelling; codings
+    missing either are skipped."""
     if not isinstance(concept, Mapping):
         return ()
     out = []
@@ -38,7 +50,7 @@ def codings(concept: object) -> tuple[Coding, ...]:
         if isinstance(c, Mapping):
             system, code = c.get("system"), c.get("code")
             if isinstance(system, str) and isinstance(code, str):
-                out.append(Coding(system, code))
+                out.append(Coding(aliases.get(system, system), code))
     return tuple(out)
 
 
@@ -83,6 +95,32 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
+def recorded_sex(res: Json) -> str | None:
+    """Sex from the sex-for-clinical-use or US Core birth-sex extension (trial-spec, fine print:
+    not_pregnant); 'unknown' for any other value, or when the two disagree."""
+    found: set[str] = set()
+    for ext in res.get("extension") or ():
+        if not isinstance(ext, Mapping) or not isinstance(ext.get("url"), str):
+            continue
+        url = str(ext["url"])
+        if url == BIRTH_SEX:
+            code = ext.get("valueCode")
+            found.add(_BIRTH_SEX_CODES.get(code, "unknown") if isinstance(code, str) else "unknown")
+        elif url.rsplit("/", 1)[-1] in CLINICAL_SEX_NAMES:
+            concepts = [ext.get("valueCodeableConcept")]
+            concepts += [
+                sub.get("valueCodeableConcept")
+                for sub in ext.get("extension") or ()
+                if isinstance(sub, Mapping) and sub.get("url") == "value"
+            ]
+            codes = {c.code for concept in concepts for c in codings(concept)}
+            if codes:
+                found.update(_CLINICAL_SEX_CODES.get(c, "unknown") for c in codes)
+    if not found:
+        return None
+    return found.pop() if len(found) == 1 else "unknown"
+
+
 def patient_info(res: Json) -> PatientInfo:
     deceased_text = res.get("deceasedDateTime")
     deceased_date = parse_fhir_date(deceased_text) if deceased_text is not None else None
@@ -103,10 +141,35 @@ def patient_info(res: Json) -> PatientInfo:
         deceased_unreadable=deceased_text is not None and deceased_date is None,
         version=version_of(res),
         identifiers=tuple(identifiers),
+        recorded_sex=recorded_sex(res),
     )
 
 
-def condition_fact(res: Json) -> ConditionFact:
+def abatement_of(res: Json) -> Abatement | None:
+    """Condition.abatement[x] (trial-spec, data rules v2: abatement without a clinicalStatus ends
+    a Condition)."""
+    period = res.get("abatementPeriod")
+    text = res.get("abatementDateTime")
+    if text is None and isinstance(period, Mapping):
+        text = period.get("end")
+    if text is not None:
+        when = parse_fhir_date(text)
+        # An unreadable date still says the Condition ended, but not when.
+        return Abatement(date=when, ended=when is None)
+    if isinstance(res.get("abatementString"), str) or res.get("abatementBoolean") is True:
+        return Abatement(ended=True)
+    age = _years(res.get("abatementAge"))
+    if age is None and isinstance(res.get("abatementRange"), Mapping):
+        rng = res["abatementRange"]
+        age = _years(rng.get("high"))
+        if age is None:
+            age = _years(rng.get("low"))
+    if age is not None:
+        return Abatement(years=age)
+    return None
+
+
+def condition_fact(res: Json, aliases: Aliases = NO_ALIASES) -> ConditionFact:
     onset_period = res.get("onsetPeriod")
     onset = parse_fhir_date(res.get("onsetDateTime"))
     if onset is None and isinstance(onset_period, Mapping):
@@ -114,20 +177,21 @@ def condition_fact(res: Json) -> ConditionFact:
     stages: list[Coding] = []
     for stage in res.get("stage") or ():
         if isinstance(stage, Mapping):
-            stages.extend(codings(stage.get("summary")))
+            stages.extend(codings(stage.get("summary"), aliases))
     return ConditionFact(
         reference=reference_of(res),
-        codes=codings(res.get("code")),
+        codes=codings(res.get("code"), aliases),
         clinical_status=first_code(res.get("clinicalStatus")),
         verification_status=first_code(res.get("verificationStatus")),
         onset=onset,
         recorded_date=parse_fhir_date(res.get("recordedDate")),
         stage_codes=tuple(stages),
         version=version_of(res),
+        abatement=abatement_of(res),
     )
 
 
-def procedure_fact(res: Json) -> ProcedureFact:
+def procedure_fact(res: Json, aliases: Aliases = NO_ALIASES) -> ProcedureFact:
     performed = parse_fhir_date(res.get("performedDateTime"))
     period = res.get("performedPeriod")
     if performed is None and isinstance(period, Mapping):
@@ -135,7 +199,7 @@ def procedure_fact(res: Json) -> ProcedureFact:
     status = res.get("status")
     return ProcedureFact(
         reference=reference_of(res),
-        codes=codings(res.get("code")),
+        codes=codings(res.get("code"), aliases),
         status=status if isinstance(status, str) else None,
         performed=performed,
         version=version_of(res),
@@ -145,9 +209,16 @@ def procedure_fact(res: Json) -> ProcedureFact:
 class FactBuilder:
     """Turns Observations into LabValues for the analytes a trial needs, units normalised."""
 
-    def __init__(self, analytes: Mapping[str, Analyte], units: Units, needed: frozenset[str]):
+    def __init__(
+        self,
+        analytes: Mapping[str, Analyte],
+        units: Units,
+        needed: frozenset[str],
+        aliases: Aliases = NO_ALIASES,
+    ):
         self._analytes = analytes
         self._units = units
+        self._aliases = aliases
         self._index: dict[Coding, list[tuple[Analyte, float | None]]] = {}
         self._by_value: dict[Coding, list[Analyte]] = {}
         for name in sorted(needed):
@@ -174,11 +245,17 @@ class FactBuilder:
         when = observation_date(res)
         ref = reference_of(res)
         version = version_of(res)
+        issued = parse_fhir_date(res.get("issued"))
         out: list[LabValue] = []
         for part, matches in found:
             part_ranges = part.get("referenceRange")
             for coding, analyte, code_mass in matches:
                 recorded, normalised, problem = self._value(part, analyte, code_mass)
+                implausible = False
+                if normalised is not None and not analyte.plausible(normalised.value):
+                    # trial-spec v2: outside the bounds it is unusable, as if it had no value.
+                    implausible, normalised = True, None
+                    problem = f"implausible value (plausible: {analyte.plausible_text()})"
                 out.append(
                     LabValue(
                         analyte=analyte.id,
@@ -191,22 +268,28 @@ class FactBuilder:
                         problem=problem,
                         version=version,
                         reference_ranges=self._ranges(part_ranges, recorded, analyte, code_mass),
-                        value_codes=codings(part.get("valueCodeableConcept")),
+                        value_codes=codings(part.get("valueCodeableConcept"), self._aliases),
+                        issued=issued,
+                        implausible=implausible,
                     )
                 )
         return out
+
+    def _system(self, system: object) -> str | None:
+        """A quantity's unit system, in the mappings' spelling (UCUM's OID is UCUM)."""
+        return self._aliases.get(system, system) if isinstance(system, str) else None
 
     def _matches(self, part: Json) -> list[tuple[Coding, Analyte, float | None]]:
         """(code, analyte, code molar mass) for each needed analyte this part measures."""
         out: list[tuple[Coding, Analyte, float | None]] = []
         seen: set[str] = set()
-        for coding in codings(part.get("code")):
+        for coding in codings(part.get("code"), self._aliases):
             for analyte, code_mass in self._index.get(coding, ()):
                 if analyte.id not in seen:  # other codings of the part are translations
                     seen.add(analyte.id)
                     out.append((coding, analyte, code_mass))
         if self._by_value:
-            for coding in codings(part.get("valueCodeableConcept")):
+            for coding in codings(part.get("valueCodeableConcept"), self._aliases):
                 for analyte in self._by_value.get(coding, ()):
                     if analyte.id not in seen:
                         seen.add(analyte.id)
@@ -233,7 +316,7 @@ class FactBuilder:
             unit=q.get("unit") if isinstance(q.get("unit"), str) else None,
             code=q.get("code") if isinstance(q.get("code"), str) else None,
             comparator=comparator,
-            system=q.get("system") if isinstance(q.get("system"), str) else None,
+            system=self._system(q.get("system")),
         )
         if value is None:
             return recorded, None, "valueQuantity has no number"
@@ -312,7 +395,7 @@ class FactBuilder:
                     unit_src.get("unit") if isinstance(unit_src.get("unit"), str) else None,
                     unit_src.get("code") if isinstance(unit_src.get("code"), str) else None,
                     None,
-                    unit_src.get("system") if isinstance(unit_src.get("system"), str) else None,
+                    self._system(unit_src.get("system")),
                 )
                 result = self._normalise(value, rec, analyte, code_mass)
                 if isinstance(result, Unconvertible):
@@ -327,7 +410,7 @@ class FactBuilder:
                 age_high = _years(age.get("high"))
             applies: list[Coding] = []
             for concept in rr.get("appliesTo") or ():
-                applies.extend(codings(concept))
+                applies.extend(codings(concept, self._aliases))
             out.append(
                 ReferenceRange(
                     low=bounds["low"],

@@ -79,6 +79,10 @@ class LabValue:
     reference_ranges: tuple[ReferenceRange, ...] = ()
     #: coded answers (valueCodeableConcept), for scores and presence tests
     value_codes: tuple[Coding, ...] = ()
+    #: Observation.issued: among corrections of one effective time, the later issued decides
+    issued: FhirDate | None = None
+    #: a value was recorded but is outside the analyte's plausibility bounds: as if it had none
+    implausible: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,21 @@ class ConditionFact:
     recorded_date: FhirDate | None = None
     stage_codes: tuple[Coding, ...] = ()
     version: str | None = None
+    abatement: Abatement | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Abatement:
+    """Condition.abatement[x], as far as it tells when the Condition ended.
+
+    `date` is abatementDateTime or abatementPeriod.end; `years` is abatementAge, or the high (else
+    low) of abatementRange, counted from birthDate; `ended` is an abatementString, or
+    abatementBoolean true: ended, at an unknown date.
+    """
+
+    date: FhirDate | None = None
+    years: float | None = None
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +132,14 @@ class PatientInfo:
     deceased_unreadable: bool = False
     version: str | None = None
     identifiers: tuple[tuple[str, str], ...] = ()
+    #: sex from the sex-for-clinical-use or US Core birth-sex extension ('male', 'female', or
+    #: 'unknown' for other values or two that disagree); None when neither extension is present
+    recorded_sex: str | None = None
+
+    @property
+    def sex(self) -> str | None:
+        """The sex criteria use: the extensions where present, else gender."""
+        return self.recorded_sex if self.recorded_sex is not None else self.gender
 
 
 @dataclass(frozen=True, slots=True)

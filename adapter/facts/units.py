@@ -355,8 +355,9 @@ class Units:
         source = _ucum().parse(_iu(ucum, iu_as_u))
         if isinstance(source, _Refused):  # defensive: every way in was parsed already
             return Unconvertible(f"unit {shown} is not a known unit{_why(source)}")
-        if iu_as_u and _IU.search(ucum):
-            via += "; [IU] taken as U"
+        if iu_as_u and bool(_IU.search(ucum)) != bool(_IU.search(canonical)):
+            # the analyte's policy: enzymes take [IU] as U, hCG takes U as [IU]
+            via += "; [IU] taken as U" if _IU.search(ucum) else "; U taken as [IU]"
         converted = _convert(value, source, target, shown, canonical, molar_mass)
         if isinstance(converted, Unconvertible):
             return converted

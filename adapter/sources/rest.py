@@ -42,12 +42,14 @@ PATIENT_PARAM = {
 # form. Mandatory elements come back anyway; `meta` carries the versionId the reports cite.
 FACT_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "Patient": (
-        *("meta", "identifier", "gender", "birthDate"),
+        *("meta", "identifier", "gender", "birthDate", "extension"),
         *("deceased", "deceasedBoolean", "deceasedDateTime"),
     ),
     "Condition": (
         *("meta", "subject", "code", "clinicalStatus", "verificationStatus"),
         *("onset", "onsetDateTime", "onsetPeriod", "recordedDate", "stage"),
+        *("abatement", "abatementDateTime", "abatementPeriod", "abatementAge"),
+        *("abatementRange", "abatementString", "abatementBoolean"),
     ),
     "Procedure": (
         *("meta", "subject", "status", "code"),

@@ -340,7 +340,9 @@ POSITIVE = presence("10828004")
     [
         (person("male"), (), (), M),
         (person("male"), (POSITIVE,), (), M),
-        (person("male"), (), (condition("Z33.1"),), N),  # a pregnancy Condition whatever the gender
+        # trial-spec v2: for a male, sex decides; the pregnancy code is noted, not counted
+        (person("male"), (), (condition("Z33.1"),), M),
+        (person("female"), (), (condition("Z33.1"),), N),
         (person(birth="1978-03-02"), (NEGATIVE,), (), M),  # demo-02: woman 48
         (person(birth="1978-03-02"), (POSITIVE,), (), N),  # demo-50
         (person(birth="1978-03-02"), (), (), U),
@@ -446,7 +448,7 @@ def test_hcg_reasons_for_an_interval_and_for_an_old_test():
     old = presence("260385009", when="2026-06-05")
     result = PREGNANT.evaluate(make_ctx((old,), (), person(None)))
     assert result.reason == (
-        "gender absent (as female) aged 48: no serum hCG in the 7 days before 2026-06-15"
+        "sex absent (as female) aged 48: no serum hCG in the 7 days before 2026-06-15"
     )
 
 

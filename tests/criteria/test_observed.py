@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -393,37 +394,39 @@ def test_bp_139_89_is_controlled_and_140_is_not(systolic, diastolic, expected):
     )
 
 
-def test_bp_reason_shows_the_pair_and_the_limits():
-    """The reason reads '158/96 mm[Hg] on ...: at or above 140/90'."""
+def test_bp_reason_shows_each_component_and_its_limit():
+    """The reason names each side, its value, date and limit."""
     assert BP.evaluate(make_ctx(panel(158, 96))).reason == (
-        f"158/96 mm[Hg] on {BP_TIME}: at or above 140/90"
+        f"systolic 158 mm[Hg] on {BP_TIME} at or over 140; "
+        f"diastolic 96 mm[Hg] on {BP_TIME} at or over 90"
     )
     assert BP.evaluate(make_ctx(panel(132, 82))).reason == (
-        f"132/82 mm[Hg] on {BP_TIME}: below 140/90"
+        f"systolic 132 mm[Hg] on {BP_TIME} under 140; diastolic 82 mm[Hg] on {BP_TIME} under 90"
     )
 
 
 @pytest.mark.parametrize(
-    ("s_when", "d_when", "paired"),
+    ("s_when", "d_when"),
     [
-        (BP_TIME, BP_TIME, True),  # demo-08: separate Observations, same timestamp
-        ("2026-06-10T01:10:00Z", BP_TIME, True),  # the same instant in another offset
-        ("2026-06-10", "2026-06-10", True),  # the same date text
-        ("2026-06-10T09:11:00+08:00", BP_TIME, False),
-        ("2026-06-10", BP_TIME, False),
+        (BP_TIME, BP_TIME),  # demo-08: separate Observations, same timestamp
+        ("2026-06-10T01:10:00Z", BP_TIME),  # the same instant in another offset
+        ("2026-06-10", "2026-06-10"),
+        ("2026-06-10T09:11:00+08:00", BP_TIME),
+        ("2026-06-10", BP_TIME),
+        ("2026-05-20", BP_TIME),
     ],
 )
-def test_separate_systolic_and_diastolic_pair_only_at_the_same_timestamp(s_when, d_when, paired):
-    """A pair is a panel's two components, or two Observations with the same timestamp."""
+def test_systolic_and_diastolic_are_judged_apart_whenever_they_were_taken(s_when, d_when):
+    """Trial-spec v2: each component stands alone; the latest of each decides, even when they
+    come from different times."""
     labs = separate(150, 80, s_when, d_when)
-    result = BP.evaluate(make_ctx(labs))
-    assert result.result is (N if paired else M)  # unpaired, no hypertension: met
-    with_htn = BP.evaluate(make_ctx(labs, (HTN,)))
-    assert with_htn.result is (N if paired else U)
+    assert BP.evaluate(make_ctx(labs)).result is N
+    assert BP.evaluate(make_ctx(labs, (HTN,))).result is N
+    assert BP.evaluate(make_ctx(separate(130, 80, s_when, d_when))).result is M
 
 
-def test_the_latest_complete_pair_decides():
-    """A newer controlled pair beats an older high one, and the other way round."""
+def test_the_latest_reading_of_each_side_decides():
+    """A newer controlled panel beats an older high one, and the other way round."""
     old = panel(150, 95, when="2026-05-20", ref="Observation/old")
     new = panel(120, 80, when="2026-06-10", ref="Observation/new")
     assert BP.evaluate(make_ctx(old + new)).result is M
@@ -434,56 +437,79 @@ def test_the_latest_complete_pair_decides():
     assert {e.reference for e in result.evidence} == {"Observation/new"}
 
 
-def test_a_lone_newer_systolic_does_not_replace_the_latest_pair():
-    """Only complete pairs decide; a panel whose diastolic has no value is not a pair."""
+def test_a_lone_newer_systolic_replaces_the_older_panels_systolic():
+    """Trial-spec v2: an older 120/80 does not decide over a newer lone systolic 172."""
     labs = (
         *panel(120, 80, when="2026-06-01", ref="Observation/pair"),
-        *panel(170, None, when="2026-06-12", ref="Observation/half"),
+        reading("systolic_bp", 172, "2026-06-12", "mm[Hg]", ref="Observation/lone"),
     )
     result = BP.evaluate(make_ctx(labs))
-    assert result.result is M
-    assert {e.reference for e in result.evidence} == {"Observation/pair"}
+    assert result.result is N
+    assert [e.reference for e in result.evidence] == ["Observation/lone", "Observation/pair"]
+
+
+def test_a_diastolic_without_a_value_is_no_reading_and_the_systolic_still_decides():
+    """Trial-spec v2: a panel with systolic 172 and a diastolic with dataAbsentReason is not_met
+    (it used to count as 'no blood pressure', so met)."""
+    half = panel(172, None, when="2026-06-12", ref="Observation/half")
+    assert BP.evaluate(make_ctx(half)).result is N
+    # the missing diastolic lets an earlier one decide
+    labs = (*panel(120, 95, when="2026-06-01", ref="Observation/old"), *panel(130, None))
+    result = BP.evaluate(make_ctx(labs))
+    assert result.result is N
+    assert "diastolic 95 mm[Hg] on 2026-06-01 at or over 90" in result.reason
+
+
+def test_an_implausible_reading_is_no_reading():
+    """Trial-spec v2 plausibility: outside the bounds a value is as if it had none."""
+    labs = (
+        *panel(120, 80, when="2026-06-01", ref="Observation/old"),
+        replace(reading("systolic_bp", None, BP_TIME, "mm[Hg]"), implausible=True),
+    )
+    assert BP.evaluate(make_ctx(labs)).result is M
 
 
 @pytest.mark.parametrize(
-    ("labs", "conditions", "expected", "reason"),
+    ("labs", "conditions", "expected"),
     [
-        (
-            (),
-            (),
-            M,
-            "no blood pressure in the 30 days before 2026-06-15 and no active hypertension",
-        ),
-        (
-            (),
-            (HTN,),
-            U,
-            "active hypertension and no blood pressure in the 30 days before 2026-06-15",
-        ),
-        (panel(136, 84, when="2026-04-26"), (HTN,), U, None),  # demo-23: 50 days old
-        (panel(136, 84, when="2026-05-16"), (HTN,), M, None),  # as-of - 30 days: inside
-        (panel(136, 84, when="2026-05-15"), (HTN,), U, None),
-        ((), (condition("I10", clinical="resolved"),), M, None),
-        ((), (condition("I10", verification="refuted"),), M, None),
-        ((), (condition("I15.0"),), U, None),
+        ((), (), M),
+        ((), (HTN,), U),
+        (panel(136, 84, when="2026-04-26"), (HTN,), U),  # demo-23: 50 days old
+        (panel(136, 84, when="2026-05-16"), (HTN,), M),  # as-of - 30 days: inside
+        (panel(136, 84, when="2026-05-15"), (HTN,), U),
+        ((), (condition("I10", clinical="resolved"),), M),
+        ((), (condition("I10", verification="refuted"),), M),
+        ((), (condition("I15.0"),), U),
+        (panel(128, None), (), M),  # one under, the other absent, no hypertension
+        (panel(128, None), (HTN,), U),  # ... with active hypertension
+        (panel(None, 70), (HTN,), U),
     ],
 )
-def test_no_bp_is_met_without_active_hypertension_and_unknown_with_it(
-    labs, conditions, expected, reason
+def test_absent_readings_are_met_without_active_hypertension_and_unknown_with_it(
+    labs, conditions, expected
 ):
-    """No pair: 'controlled, or no BP and no active hypertension'; unknown if hypertensive."""
+    """Both under, or one under and one absent, or both absent, with no active hypertension."""
     result = BP.evaluate(make_ctx(labs, conditions))
     assert result.result is expected
-    if reason:
-        assert result.reason == reason
     assert result.evidence
-    if expected is U:
+    if expected is U and not labs:
         assert result.evidence[0].reference == conditions[0].reference
         assert result.evidence[0].note == "clinicalStatus active"
 
 
-def test_an_unreadable_unit_in_the_latest_pair_is_unknown():
-    """The latest pair decides; an unnormalisable component gives unknown, no fall-back."""
+def test_no_reading_reasons_name_both_sides_and_hypertension():
+    """The reason says what was looked for and why it decides."""
+    assert BP.evaluate(make_ctx(())).reason == (
+        "no systolic blood pressure in the 30 days before 2026-06-15; no diastolic blood "
+        "pressure in the 30 days before 2026-06-15; no active hypertension Condition"
+    )
+    assert BP.evaluate(make_ctx((), (HTN,))).reason.endswith(
+        "active hypertension: an absent reading could be high"
+    )
+
+
+def test_an_unreadable_unit_in_the_latest_reading_is_unknown():
+    """The latest reading decides; an unnormalisable one gives unknown, no fall-back."""
     labs = (
         *panel(120, 80, when="2026-06-01", ref="Observation/old"),
         reading("systolic_bp", 15, BP_TIME, "kPa", problem="unit 'cmH2O' is not convertible"),
@@ -494,24 +520,28 @@ def test_an_unreadable_unit_in_the_latest_pair_is_unknown():
     assert "cannot be read: unit 'cmH2O' is not convertible" in result.reason
 
 
-def test_a_same_time_pair_that_cannot_be_read_makes_the_latest_unknown():
-    """Two panels at one timestamp, one unreadable: they cannot be said to agree."""
+def test_an_unreadable_reading_does_not_hide_a_high_other_side():
+    """Either side at or over its limit is not_met, whatever the other."""
+    labs = (
+        reading("systolic_bp", 15, BP_TIME, "kPa", problem="unit 'kPa?' unknown"),
+        reading("diastolic_bp", 95, BP_TIME, "mm[Hg]"),
+    )
+    assert BP.evaluate(make_ctx(labs)).result is N
+
+
+def test_same_time_readings_that_cannot_be_told_apart_are_unknown_when_they_disagree():
+    """Two readings of one side at the same timestamp: unknown when they disagree."""
     labs = (
         *panel(120, 80, ref="Observation/a"),
         reading("systolic_bp", 15, BP_TIME, "kPa", problem="unit 'kPa?' unknown", ref="x"),
-        reading("diastolic_bp", 80, BP_TIME, "mm[Hg]", ref="x"),
     )
     assert BP.evaluate(make_ctx(labs)).result is U
-
-
-def test_same_time_pairs_that_disagree_are_unknown_and_agreeing_ones_decide():
-    """Two BP panels at the same timestamp that disagree give unknown."""
     a = panel(120, 80, ref="Observation/a")
     b = panel(150, 80, ref="Observation/b")
     result = BP.evaluate(make_ctx(a + b))
     assert result.result is U
-    assert result.reason == f"two blood pressures at {BP_TIME} disagree"
-    assert BP.evaluate(make_ctx(a + panel(125, 85, ref="Observation/b"))).result is M
+    assert result.reason.startswith("two systolic blood pressure values with the same timestamp")
+    assert BP.evaluate(make_ctx(a + panel(120, 80, ref="Observation/b"))).result is M
 
 
 def test_a_bp_comparator_across_the_limit_is_unknown():
@@ -522,31 +552,34 @@ def test_a_bp_comparator_across_the_limit_is_unknown():
     )
     result = BP.evaluate(make_ctx(labs))
     assert result.result is U
-    assert result.reason == f">130/80 mm[Hg] on {BP_TIME} may be on either side of 140/90"
+    assert result.reason.startswith(f"systolic >130 mm[Hg] on {BP_TIME} may be on either side")
 
 
 @pytest.mark.parametrize(
     ("labs", "expected_reason"),
     [
         (
-            panel(120, 80, when="2026-06"),
-            "no blood pressure in the 30 days before 2026-06-15 with a full date",
-        ),
-        (
             panel(120, 80, when="2026-05"),
-            "no blood pressure in the 30 days before 2026-06-15 with a full date",
+            "no systolic blood pressure in the 30 days before 2026-06-15 for certain: a partial "
+            "date crosses the window edge",
         ),
         (
             panel(120, 80) + panel(150, 95, when="2026-06", ref="Observation/p"),
-            "a blood pressure with a partial date (2026-06) could be the latest",
+            "a partial date (2026-06)",
         ),
     ],
 )
 def test_partial_bp_dates_that_could_matter_are_unknown(labs, expected_reason):
     """A partial date that crosses the window edge, or could be the latest, gives unknown."""
     result = BP.evaluate(make_ctx(labs))
-    assert (result.result, result.reason) == (U, expected_reason)
-    assert result.evidence
+    assert result.result is U
+    assert result.reason.startswith(expected_reason)
+
+
+def test_a_partial_bp_date_that_would_not_change_the_result_does_not_matter():
+    """Trial-spec fine print: unknown only when the choice changes the result."""
+    labs = panel(120, 80) + panel(125, 85, when="2026-06", ref="Observation/p")
+    assert BP.evaluate(make_ctx(labs)).result is M
 
 
 # -- load-time checks ------------------------------------------------------------------------------
