@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from adapter import __version__
+from adapter import __version__, terminology
 from adapter.config import SiteConfig, load_site_config
 from adapter.connect import fhir_client, is_url, open_source
 from adapter.criteria.results import PatientVerdict, Status
@@ -40,7 +40,7 @@ from adapter.sinks.plan import ineligible_outcome
 from adapter.sinks.resources import StudyInfo, research_study, research_subject, trial_policy
 from adapter.sinks.server import ServerSink, SubjectInput
 from adapter.sweep import PatientFailure, SweepResult, run_sweep
-from adapter.trials import Trial, load_trial
+from adapter.trials import Trial, default_mappings_dir, load_trial
 
 log = logging.getLogger("adapter")
 
@@ -104,6 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--patient", required=True, help="Patient id (or Patient/<id>)")
     explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
     explain.set_defaults(batch_size=None, page_size=None, quiet=True)
+
+    codesets = sub.add_parser("codesets", help="value-set expansions (mappings/valuesets/)")
+    actions = codesets.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    refresh = actions.add_parser(
+        "refresh", help="re-expand value sets from a terminology server's ValueSet/$expand"
+    )
+    refresh.add_argument(
+        "--tx", required=True, metavar="URL", help="terminology server FHIR base URL"
+    )
+    refresh.add_argument(
+        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
+    )
+    refresh.add_argument(
+        "--site-mappings",
+        type=Path,
+        metavar="DIR",
+        help="write into DIR/valuesets/ instead of the mappings folder",
+    )
+    refresh.add_argument(
+        "--only", nargs="+", action="extend", metavar="NAME", help="refresh only these sets"
+    )
+    refresh.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for the server (default 60)",
+    )
+    refresh.set_defaults(quiet=False)
     return parser
 
 
@@ -120,6 +149,24 @@ def _site(args: argparse.Namespace) -> SiteConfig:
             sink=site.sink.model_copy(update={"timeout": args.timeout}),
         )
     return site
+
+
+async def _codesets(args: argparse.Namespace) -> ExitCode:
+    """`codesets refresh`: one summary line per set on stderr."""
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if not is_url(args.tx):
+        raise UsageError(f"--tx must be an http(s) URL: {args.tx}")
+    async with terminology.tx_client(args.timeout) as http:
+        await terminology.refresh(
+            http,
+            args.tx,
+            mappings_dir=args.mappings or default_mappings_dir(),
+            site_mappings=args.site_mappings,
+            only=args.only or (),
+            say=lambda m: print(m, file=sys.stderr),
+        )
+    return ExitCode.OK
 
 
 def _say(args: argparse.Namespace) -> Callable[[str], None]:
@@ -316,10 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.quiet:
             logging.getLogger().setLevel(logging.WARNING)
-        as_of = args.as_of or date.today()
-        trial = load_trial(args.trial, args.mappings)
-        command = _explain if args.command == "explain" else _sweep
-        code = asyncio.run(command(args, trial, as_of))
+        if args.command == "codesets":
+            code = asyncio.run(_codesets(args))
+        else:
+            as_of = args.as_of or date.today()
+            trial = load_trial(args.trial, args.mappings)
+            command = _explain if args.command == "explain" else _sweep
+            code = asyncio.run(command(args, trial, as_of))
     except AdapterError as exc:
         print(f"trial-adapter: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
