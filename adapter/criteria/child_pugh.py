@@ -30,6 +30,7 @@ from adapter.criteria.context import Context
 from adapter.criteria.derived import present_in_window, shown
 from adapter.criteria.kinds import Criterion, Problem
 from adapter.criteria.labs import fmt, interval, lab_evidence, latest_lab
+from adapter.criteria.latest import same_value
 from adapter.criteria.results import CriterionResult, Evidence, Result
 from adapter.facts.model import Normalised
 
@@ -271,7 +272,12 @@ class ChildPugh(Criterion):
         return " or ".join(names)
 
     def _lab(self, ctx: Context, label: str, spec: LabBands) -> Item:
-        pick = latest_lab(ctx, spec.analyte, self.window_days)
+        pick = latest_lab(
+            ctx,
+            spec.analyte,
+            self.window_days,
+            lambda lab: spec.score(lab.normalised)[:2] if lab.normalised else same_value(lab),
+        )
         low, high = spec.span()
         if pick.lab is None:
             why = pick.problem or "no value"

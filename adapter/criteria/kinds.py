@@ -10,7 +10,7 @@ the mappings, so a bad trial fails at start) and `evaluate(ctx)` (pure: facts in
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Literal
 
@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapter.criteria.context import Context
 from adapter.criteria.labs import compare, fmt, lab_evidence, latest_lab
+from adapter.criteria.latest import same_value
 from adapter.criteria.results import CriterionResult, Evidence, Result, all_of
 
 if TYPE_CHECKING:
     from adapter.analytes import Analyte
     from adapter.codes import CodeSet
-    from adapter.facts.model import Normalised
+    from adapter.facts.model import LabValue, Normalised
     from adapter.facts.units import Units
 
 Problem = tuple[str, str] | None
@@ -262,9 +263,14 @@ class LabThreshold(Criterion):
         verb = "satisfies" if result is Result.MET else "fails"
         return result, f"{shown} {verb} {self.threshold()}"
 
+    def outcome(self, lab: LabValue) -> Hashable:
+        """What a value would decide: values that could each be the latest and agree on it
+        decide together (trial-spec: unknown only when the choice changes the result)."""
+        return self.decide(lab.normalised)[0] if lab.normalised is not None else same_value(lab)
+
     def evaluate(self, ctx: Context) -> CriterionResult:
         """The latest usable value decides; without one (or unusable), unknown with the reason."""
-        pick = latest_lab(ctx, self.analyte, self.window_days)
+        pick = latest_lab(ctx, self.analyte, self.window_days, self.outcome)
         if pick.lab is None:
             return CriterionResult(Result.UNKNOWN, pick.problem or "no value")
         ev = (lab_evidence(pick.lab, ctx.as_of, threshold=self.threshold()),)

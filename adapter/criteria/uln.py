@@ -10,7 +10,7 @@ mappings is used and the evidence says so; with neither, unknown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Literal
@@ -20,7 +20,8 @@ from pydantic import Field
 from adapter.criteria.context import Context
 from adapter.criteria.derived import clean, decide
 from adapter.criteria.kinds import Criterion, Op, completed_years
-from adapter.criteria.labs import fmt, lab_evidence, latest_lab
+from adapter.criteria.labs import compare, fmt, lab_evidence, latest_lab
+from adapter.criteria.latest import same_value
 from adapter.criteria.results import CriterionResult, Result
 from adapter.facts.model import Coding, LabValue, PatientInfo, ReferenceRange
 
@@ -121,8 +122,15 @@ class UlnMultiple(Criterion):
     def analytes(self) -> frozenset[str]:
         return frozenset({self.analyte})
 
+    def _outcome(self, lab: LabValue, ctx: Context) -> Hashable:
+        """What a value would decide against its own ULN (for candidates of 'latest')."""
+        uln = uln_of(lab, ctx)
+        if lab.normalised is None or uln.value is None:
+            return same_value(lab)
+        return compare(lab.normalised, self.op, clean(self.multiple * uln.value))
+
     def evaluate(self, ctx: Context) -> CriterionResult:
-        pick = latest_lab(ctx, self.analyte, self.window_days)
+        pick = latest_lab(ctx, self.analyte, self.window_days, lambda lab: self._outcome(lab, ctx))
         base = f"{self.op} {fmt(self.multiple)} x ULN"
         if pick.lab is None:
             return CriterionResult(Result.UNKNOWN, pick.problem or "no value")

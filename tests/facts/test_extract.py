@@ -47,25 +47,28 @@ def qty(value: float, unit: str | None = None, code: str | None = None, **kw: An
     ("code", "quantity", "analyte", "value", "unit"),
     [
         ("718-7", qty(90, "g/L", "g/L"), "hemoglobin", 9.0, "g/dL"),
-        ("59260-0", qty(5.586, "mmol/L", "mmol/L"), "hemoglobin", 9.00186, "g/dL"),
-        ("14631-6", qty(34.2, "umol/L", "umol/L"), "bilirubin_total", 1.99954, "mg/dL"),
+        ("59260-0", qty(5.586, "mmol/L", "mmol/L"), "hemoglobin", 5.586 * 16114.5 / 10_000, "g/dL"),
+        ("14631-6", qty(34.2, "umol/L", "umol/L"), "bilirubin_total", 34.2 * 584.66 / 10_000, "mg/dL"),
         ("777-3", qty(150, "K/uL"), "platelets", 150.0, "10*9/L"),
         ("777-3", qty(150, "10*3/uL", "10*3/uL"), "platelets", 150.0, "10*9/L"),
         ("751-8", qty(1500, "/mm3"), "neutrophils", 1.5, "10*9/L"),
-        ("14937-7", qty(5.0, "mmol/L", "mmol/L"), "bun", 14.007, "mg/dL"),
-        ("3091-6", qty(30, "mg/dL", "mg/dL"), "bun", 13.9936, "mg/dL"),
-        ("14682-9", qty(88.4, "umol/L", "umol/L"), "creatinine", 1.0, "mg/dL"),
+        ("14937-7", qty(5.0, "mmol/L", "mmol/L"), "bun", 5.0 * 28.014 / 10, "mg/dL"),
+        ("3091-6", qty(30, "mg/dL", "mg/dL"), "bun", 30 * 10 / 60.06 * 28.014 / 10, "mg/dL"),
+        ("14682-9", qty(88.4, "umol/L", "umol/L"), "creatinine", 88.4 * 113.12 / 10_000, "mg/dL"),
         ("1742-6", qty(35, "IU/L"), "alt", 35.0, "U/L"),
-        ("1558-6", qty(144.128, "mg/dL", "mg/dL"), "glucose_fasting", 8.0, "mmol/L"),
+        ("1558-6", qty(144.128, "mg/dL", "mg/dL"), "glucose_fasting", 144.128 * 10 / 180.16, "mmol/L"),
         ("33728-7", qty(25, "mm", "mm"), "tumour_size", 2.5, "cm"),
     ],
 )
 def test_values_are_normalised_to_the_analytes_canonical_unit(code, quantity, analyte, value, unit):
-    """Every unit in the spec's table converts, with the analyte's own molar mass."""
+    """Every unit in the spec's table converts, with the analyte's own molar mass, unrounded.
+
+    Expectations are the spec's arithmetic written out (molar masses of its table); the adapter
+    keeps 12 significant digits, so they must agree to far better than any threshold needs."""
     (lab,) = BUILDER.observation(obs(code, valueQuantity=quantity))
     assert lab.analyte == analyte
     assert lab.normalised is not None, lab.problem
-    assert lab.normalised.value == pytest.approx(value, rel=1e-4)
+    assert lab.normalised.value == pytest.approx(value, rel=1e-11)
     assert lab.normalised.unit == unit
 
 
@@ -164,7 +167,7 @@ def test_reference_range_high_is_normalised_and_a_unitless_high_takes_the_value_
     (lab,) = BUILDER.observation(o)
     (rr,) = lab.reference_ranges
     assert rr.high is not None
-    assert rr.high.value == pytest.approx(1.2, rel=1e-4)
+    assert rr.high.value == pytest.approx(106.08 * 113.12 / 10_000, rel=1e-11)
 
 
 def test_reference_range_with_an_unconvertible_high_keeps_the_problem():
