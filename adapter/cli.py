@@ -36,7 +36,6 @@ from adapter.fhir.client import ServerBase
 from adapter.report.explain import explain_table
 from adapter.report.results import results_json, unknown_summary, verdict_json, write_reports
 from adapter.sinks.folder import FolderSink
-from adapter.sinks.plan import ineligible_outcome
 from adapter.sinks.resources import StudyInfo, research_study, research_subject, trial_policy
 from adapter.sinks.server import ServerSink, SubjectInput
 from adapter.sweep import PatientFailure, SweepResult, run_sweep
@@ -311,7 +310,7 @@ async def _write_server(
         pid = v.patient.split("/", 1)[1]
         try:
             if v.status is Status.INELIGIBLE:
-                noted = ineligible_outcome(await server.existing_status(pid))
+                noted = await server.ineligible_outcome(pid)
                 if noted is not None:
                     writes[v.patient] = noted.value
                 continue
@@ -325,10 +324,7 @@ async def _write_server(
             result.errors.append(PatientFailure(v.patient, f"write failed: {exc.reason}"))
         except FhirError as exc:
             result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
-    counts: dict[str, int] = {}
-    for outcome in writes.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
-    say("sink: " + (", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "nothing to do"))
+    say(server.summary())
     return writes
 
 

@@ -22,14 +22,22 @@ SUBSETTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSE
 _JSON_FORMATS = frozenset({"json", "application/fhir+json", "application/json+fhir"})
 
 # What the adapter asks of each resource type: search parameters of the REST source, and the
-# interactions of the server sink (read, then PUT at a deterministic id).
+# types the server sink writes (each on the path `write_path` chooses).
 SEARCHES: Mapping[str, tuple[str, ...]] = {
     "Patient": ("_id",),
     "Condition": ("patient", "code"),
     "Observation": ("patient", "code"),
     "Procedure": ("patient", "code"),
 }
-WRITES = ("ResearchStudy", "ResearchSubject")
+WRITES = ("ResearchStudy", "Device", "ResearchSubject", "Provenance")
+
+
+class WritePath(enum.StrEnum):
+    """How the server sink creates a resource of one type (trial-spec, 'What gets written')."""
+
+    FIXED_ID = "fixed id"  # read, then PUT at the deterministic id
+    CONDITIONAL = "conditional"  # search, then POST with If-None-Exist
+    POST = "post"  # Provenance only: one POST, never retried; later runs search for it
 
 
 class ElementsSupport(enum.StrEnum):
@@ -81,6 +89,25 @@ class ServerCapabilities:
         """Whether `param` is a listed search parameter of `resource_type`."""
         entry = self.resource(resource_type)
         return entry is not None and param in entry.search_params
+
+    def write_path(self, resource_type: str) -> WritePath:
+        """The path the server sink takes to create a `resource_type`.
+
+        A type searchable by `identifier` is created conditionally. Provenance has no identifier:
+        PUT at its deterministic id, unless the server declares that PUT cannot create
+        (`updateCreate` false); then If-None-Exist on `target` where that is searchable, else a
+        plain POST (trial-spec v2). An unlisted type gets the fixed id, as without capabilities.
+        """
+        entry = self.resource(resource_type)
+        if resource_type != "Provenance":
+            return (
+                WritePath.CONDITIONAL
+                if self.searches(resource_type, "identifier")
+                else (WritePath.FIXED_ID)
+            )
+        if entry is None or entry.update_create:
+            return WritePath.FIXED_ID
+        return WritePath.CONDITIONAL if "target" in entry.search_params else WritePath.POST
 
     @property
     def supports_json(self) -> bool:
@@ -139,18 +166,32 @@ class ServerCapabilities:
         ]
 
     def _write_lines(self, kind: str) -> list[str]:
+        """What the sink's path for `kind` meets: judged on the writes that path sends only."""
         entry = self.resource(kind)
         if entry is None:
             return [f"{kind}: not listed; using deterministic ids (GET, then PUT); may fail"]
+        path = self.write_path(kind)
         lines = []
-        if "identifier" not in entry.search_params:
+        if kind == "Provenance":
+            if path is WritePath.CONDITIONAL:
+                lines.append(f"{kind}: updateCreate is false; created with If-None-Exist on target")
+            elif path is WritePath.POST:
+                lines.append(
+                    f"{kind}: updateCreate is false and no search parameter 'target'; created by "
+                    "one POST each, found on later runs by a search of the adapter's tag"
+                )
+        elif path is WritePath.FIXED_ID:
             lines.append(f"{kind}: no search parameter 'identifier'; using deterministic ids")
-        missing = [i for i in ("read", "update") if not entry.supports(i)]
+        needed = ["read", "update"] if path is WritePath.FIXED_ID else ["search-type", "create"]
+        if kind == "ResearchSubject" and path is not WritePath.FIXED_ID:
+            needed.append("update")  # the If-Match update of potential-candidate -> candidate
+        missing = [i for i in needed if not entry.supports(i)]
         if missing:
             lines.append(f"{kind}: no {' or '.join(missing)} interaction listed; writes may fail")
-        if not entry.update_create:
+        # Only a PUT at a new id needs updateCreate (issue 10): conditional creates do not.
+        if path is WritePath.FIXED_ID and not entry.update_create:
             lines.append(f"{kind}: updateCreate is false; creating at a deterministic id may fail")
-        if entry.versioning in (None, "no-version"):
+        if kind == "ResearchSubject" and entry.versioning in (None, "no-version"):
             lines.append(f"{kind}: not versioned; If-Match updates may be refused")
         return lines
 

@@ -1,15 +1,18 @@
-"""What the server sink decides for one patient, and the writes it plans: pure, no I/O.
+"""What the server sink decides for one patient, the writes it plans, and its tally: pure, no I/O.
 
 The rules (trial-spec, 'What gets written'): a missing ResearchSubject is created; the same status
 again changes nothing; a status people set (anything but candidate / potential-candidate) is never
 touched; potential-candidate -> candidate is the one update; a candidate that falls back, or a
-subject who is now ineligible, is left as it is and reported as no longer qualifying.
+subject who is now ineligible, is left as it is and reported as no longer qualifying. (v2) The
+stored subject version the adapter wrote, or finds unchanged, must have its Provenance: a missing
+one is written again (`repairs_provenance`).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Final
 
 from adapter.criteria.results import Status
@@ -53,6 +56,16 @@ _DRY: Final = {
 def dry(outcome: WriteOutcome) -> WriteOutcome:
     """The outcome a dry run reports instead of `outcome`."""
     return _DRY.get(outcome, outcome)
+
+
+def repairs_provenance(decision: Decision) -> bool:
+    """Whether the subject found stays as the adapter wrote it, so its Provenance is checked.
+
+    Only `unchanged`: today's verdict is the status that version holds, so a Provenance written
+    now tells the truth about it. A status people set is theirs (no adapter Provenance); a
+    candidate that no longer qualifies is not described by today's evidence.
+    """
+    return decision.outcome is WriteOutcome.UNCHANGED
 
 
 def decide(existing: str | None, wanted: Status) -> Decision:
@@ -130,3 +143,42 @@ class PlannedWrite:
         elif self.condition is not None:
             where += f" If-None-Exist: {self.condition}"
         return f"{self.method} {where} ({self.reason})"
+
+
+class ProvenanceCount(enum.StrEnum):
+    """What happened to one Provenance, for the sink's summary."""
+
+    WRITTEN = "written"  # with the subject creation or change it records
+    REPAIRED = "repaired"  # missing for a stored subject version, written by this run
+    NOT_WRITTEN = "not written"  # the write failed: the next run writes it
+    WOULD_WRITE = "would write"  # dry run
+    WOULD_REPAIR = "would repair"  # dry run
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the sink did for its patients, counted for one truthful summary line.
+
+    `outcomes` counts what was done to ResearchSubjects (a subject created whose Provenance then
+    failed still counts as created); `failed` counts patients whose write failed before anything
+    was written for them.
+    """
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    provenance: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+
+    def line(self) -> str:
+        """`sink: created 20, unchanged 6; Provenance written 20, repaired 3; failed 1 (...)`."""
+        parts = []
+        if self.outcomes:
+            parts.append(", ".join(f"{k} {n}" for k, n in sorted(self.outcomes.items())))
+        counted = [f"{c.value} {self.provenance[c]}" for c in ProvenanceCount if self.provenance[c]]
+        if counted:
+            text = "Provenance " + ", ".join(counted)
+            if self.provenance[ProvenanceCount.NOT_WRITTEN]:
+                text += " (the next run writes them)"
+            parts.append(text)
+        if self.failed:
+            parts.append(f"failed {self.failed} (see errors)")
+        return "sink: " + ("; ".join(parts) or "nothing to do")

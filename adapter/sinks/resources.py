@@ -310,3 +310,23 @@ def _key(entity: str | JsonDict) -> str:
     if isinstance(entity, str):
         return entity
     return orjson.dumps(entity, option=orjson.OPT_SORT_KEYS).decode()
+
+
+#: what a created subject must hold to be the one a run asked for (see `is_same_subject`)
+_SUBJECT_FIELDS: Final = ("identifier", "status", "period", "study", "individual")
+
+
+def is_same_subject(found: JsonDict, sent: JsonDict) -> bool:
+    """Whether a ResearchSubject on the server is the one `sent` by a create.
+
+    A 200 to a retried conditional create (the first attempt created it and its answer was lost)
+    finds exactly what was sent: the tag, identifier, status, study, patient and the run's
+    period.start. A subject someone else created differs in at least one of them.
+    """
+    meta = found.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    tagged = isinstance(tags, list) and any(
+        isinstance(t, dict) and t.get("system") == TAG["system"] and t.get("code") == TAG["code"]
+        for t in tags
+    )
+    return tagged and all(found.get(key) == sent.get(key) for key in _SUBJECT_FIELDS)

@@ -10,25 +10,27 @@ How a resource is found and created depends on what the server can do (`ServerCa
 
 What is written follows adapter.sinks.plan. Everything is read before it is written, one write at a
 time, so a rerun that changes nothing sends only reads. The one update carries `If-Match`. Each
-ResearchSubject creation or change gets a Provenance, PUT on an id that hashes the subject's
-identifier and version. Problems of one patient raise `PatientError` (message without patient
-ids); a dry run sends only reads and lists what it would write in `planned`.
+ResearchSubject creation or change gets a Provenance (adapter.sinks.provenance: PUT at an id that
+hashes the subject's identifier and version, or created as trial-spec v2 says where the server
+refuses that PUT), and every run writes the one an unchanged subject's version lacks (a run killed
+or cut off after the subject write). Problems of one patient raise `PatientError` (message
+without patient ids); a dry run sends only reads and lists what it would write in `planned`.
+`summary()` says what was done, in one line.
 
 Known limits: on the search path a resource people deleted cannot be told from one never written
 (deleted resources leave searches), so it is written again; on the id path its 410 Gone keeps it
-deleted. On the id path, a resource created by someone else between the read and the `PUT` is
-overwritten (FHIR has no create-only `PUT`); a conditional create has no such gap. Resources
-created on one path are not found on the other when a server's capabilities change.
+deleted (a Provenance too). On the id path, a resource created by someone else between the read
+and the `PUT` is overwritten (FHIR has no create-only `PUT`); a conditional create has no such
+gap. Resources created on one path are not found on the other when a server's capabilities
+change. A version people wrote that keeps the adapter's status cannot be told from the adapter's
+own: a missing Provenance is written for it too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import httpx
-import orjson
+from typing import TYPE_CHECKING
 
 from adapter.errors import (
     FhirError,
@@ -37,12 +39,25 @@ from adapter.errors import (
     PatientError,
     TransportError,
 )
+from adapter.fhir.capability import WritePath
 from adapter.sinks import plan, resources
-from adapter.sinks.plan import Action, PlannedWrite, SubjectInput, WriteOutcome
+from adapter.sinks.plan import Action, PlannedWrite, ProvenanceCount, SubjectInput, WriteOutcome
+from adapter.sinks.provenance import ProvenanceStore
+from adapter.sinks.responses import (
+    json_object,
+    meta_version,
+    read_resource,
+    returned_resource,
+    search_matches,
+    version_of,
+    written,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import date
+
+    import httpx
 
     from adapter.fhir.capability import ServerCapabilities
     from adapter.fhir.client import FhirClient
@@ -105,8 +120,18 @@ class ServerSink:
         self._now = now
         #: every write decided, in order: sent, unless `dry_run`
         self.planned: list[PlannedWrite] = []
+        self.tally = plan.Tally()
         self._study_id: str | None = None
         self._device_ref: str | None = None
+        self._provenance = ProvenanceStore(
+            client,
+            WritePath.FIXED_ID if capabilities is None else capabilities.write_path("Provenance"),
+        )
+        self._counted = False  # whether anything was counted for the patient being written
+
+    def summary(self) -> str:
+        """One line: what was done to subjects, Provenance written and repaired, failures."""
+        return self.tally.line()
 
     def by_identifier(self, resource_type: str) -> bool:
         """Whether `resource_type` is searched by identifier and created conditionally."""
@@ -140,34 +165,65 @@ class ServerSink:
             raise
         return None if stored is None else _status_of(stored)
 
+    async def ineligible_outcome(self, patient_id: str) -> WriteOutcome | None:
+        """What to report for a patient now ineligible (nothing is written), counted."""
+        outcome = plan.ineligible_outcome(await self.existing_status(patient_id))
+        if outcome is not None:
+            self.tally.outcomes[outcome.value] += 1
+        return outcome
+
     async def write_subject(self, subject: SubjectInput, as_of: date) -> WriteOutcome:
         """Create or update the patient's ResearchSubject by the rules, with its Provenance.
 
-        `as_of` becomes period.start of a new subject. Raises PatientError for this patient's
-        problems (several matches, a concurrent change, no identifier for a logical reference).
+        `as_of` becomes period.start of a new subject. An unchanged subject's missing Provenance
+        is written. Raises PatientError for this patient's problems (several matches, a
+        concurrent change, no identifier for a logical reference, a Provenance not written).
         """
         if subject.status not in resources.SUBJECT_STATUS:
             raise ValueError(f"no ResearchSubject is written for status {subject.status}")
         if self._study_id is None:
             raise RuntimeError("ServerSink.prepare() must run before write_subject()")
+        self._counted = False
+        try:
+            return await self._write_subject(subject, self._study_id, as_of)
+        except (PatientError, FhirError):
+            if not self._counted:  # nothing was written for this patient
+                self.tally.failed += 1
+            raise
+
+    async def _write_subject(
+        self, subject: SubjectInput, study_id: str, as_of: date
+    ) -> WriteOutcome:
         try:
             stored = await self._find_subject(subject.patient, subject.patient_id)
         except HttpStatusError as exc:
             if exc.status == _GONE:  # a person deleted it (a PUT would resurrect it): it stands
-                return WriteOutcome.KEPT_HUMAN_STATUS
+                return self._count(WriteOutcome.KEPT_HUMAN_STATUS)
             raise
         decision = plan.decide(None if stored is None else _status_of(stored), subject.status)
         if decision.action is Action.CREATE:
-            written = await self._create_subject(subject, self._study_id, as_of)
+            subject_written = await self._create_subject(subject, study_id, as_of)
         elif decision.action is Action.UPDATE and stored is not None:
-            written = await self._update_subject(subject, stored)
+            subject_written = await self._update_subject(subject, stored)
+        elif plan.repairs_provenance(decision) and stored is not None:
+            outcome = self._count(decision.outcome)
+            await self._ensure_provenance(subject, (stored.id, stored.version))
+            return outcome
         else:
-            return decision.outcome
-        if written is None:
-            self._plan("PUT", "Provenance", "provenance of the ResearchSubject written", subject)
-            return plan.dry(decision.outcome)
-        await self._write_provenance(subject, written)
-        return decision.outcome
+            return self._count(decision.outcome)
+        if subject_written is None:
+            self.planned.append(self._provenance.plan(None, subject.patient))
+            self.tally.provenance[ProvenanceCount.WOULD_WRITE] += 1
+            return self._count(plan.dry(decision.outcome))
+        outcome = self._count(decision.outcome)
+        body = self._provenance_body(subject, subject_written)
+        await self._write_provenance(subject, body, ProvenanceCount.WRITTEN)
+        return outcome
+
+    def _count(self, outcome: WriteOutcome) -> WriteOutcome:
+        self.tally.outcomes[outcome.value] += 1
+        self._counted = True
+        return outcome
 
     async def _ensure(self, kind: str, identifier: tuple[str, str], resource: JsonDict) -> str:
         """The id of the one `kind` with `identifier`, created from `resource` if missing."""
@@ -192,7 +248,7 @@ class ServerSink:
         if self.dry_run:
             return str(resource["id"])  # a stand-in: nothing is built on it but plans
         response = await self._create(kind, resource, condition)
-        return _written(response, kind)[0]
+        return written(response, kind)[0]
 
     async def _find_subject(self, patient: str, patient_id: str) -> _Stored | None:
         """The patient's ResearchSubject; None when there is none. 410 Gone raises."""
@@ -225,7 +281,7 @@ class ServerSink:
             self._plan("PUT", "ResearchSubject", reason, subject, resource_id=body["id"])
             if self.dry_run:
                 return None
-            return _written(await self._put("ResearchSubject", body["id"], body), "ResearchSubject")
+            return written(await self._put("ResearchSubject", body["id"], body), "ResearchSubject")
         condition = resources.identifier_condition(
             *resources.subject_identifier(self._study.trial_id, subject.patient_id)
         )
@@ -243,14 +299,27 @@ class ServerSink:
                 "several ResearchSubjects match its identifier (HTTP 412 on the conditional "
                 "create); left for people to resolve",
             ) from exc
-        if response.status_code != _CREATED:
+        if response.status_code != _CREATED and not await self._created_by_us(response, body):
             # 200: the condition matched, so someone else created it after the search.
             raise PatientError(
                 subject.patient,
                 "its ResearchSubject appeared on the server since it was read; "
                 "left for the next run",
             )
-        return _written(response, "ResearchSubject")
+        return written(response, "ResearchSubject")
+
+    async def _created_by_us(self, response: httpx.Response, sent: JsonDict) -> bool:
+        """Whether the subject a conditional create answered 200 with is the one we sent.
+
+        FhirClient retries a conditional create whose answer was lost; the retry finds what
+        the first attempt created and answers 200. That subject is ours and needs its
+        Provenance (issue 10: 10 of 26 subjects were left without one).
+        """
+        found = returned_resource(response, "ResearchSubject")
+        if found is None:  # Prefer: return=minimal: read what the Location names
+            stored = await self._read("ResearchSubject", written(response, "ResearchSubject")[0])
+            found = None if stored is None else stored.body
+        return found is not None and resources.is_same_subject(found, resources.without_id(sent))
 
     async def _update_subject(
         self, subject: SubjectInput, stored: _Stored
@@ -284,15 +353,14 @@ class ServerSink:
                 "its ResearchSubject changed on the server since it was read; "
                 "left for the next run",
             ) from exc
-        return _written(response, "ResearchSubject", stored.id)
+        return written(response, "ResearchSubject", stored.id)
 
-    async def _write_provenance(
-        self, subject: SubjectInput, written: tuple[str, str | None]
-    ) -> None:
-        """PUT the Provenance of the subject version just written (idempotent: its id is fixed)."""
-        subject_id, version = written
+    def _provenance_body(
+        self, subject: SubjectInput, subject_written: tuple[str, str | None]
+    ) -> JsonDict:
+        subject_id, version = subject_written
         _, value = resources.subject_identifier(self._study.trial_id, subject.patient_id)
-        body = resources.provenance(
+        return resources.provenance(
             subject_id,
             version,
             value,
@@ -301,22 +369,41 @@ class ServerSink:
             [self._policy],
             agent=self._device_ref,
         )
-        self._plan(
-            "PUT",
-            "Provenance",
-            "provenance of the ResearchSubject written",
-            subject,
-            resource_id=body["id"],
-        )
+
+    async def _ensure_provenance(
+        self, subject: SubjectInput, stored: tuple[str, str | None]
+    ) -> None:
+        """The stored version's Provenance, written when missing (trial-spec v2)."""
+        body = self._provenance_body(subject, stored)
+        if await self._provenance.exists(body):
+            return
+        if self.dry_run:
+            self.planned.append(self._provenance.plan(body, subject.patient, "kept"))
+            self.tally.provenance[ProvenanceCount.WOULD_REPAIR] += 1
+            return
+        await self._write_provenance(subject, body, ProvenanceCount.REPAIRED)
+
+    async def _write_provenance(
+        self,
+        subject: SubjectInput,
+        body: JsonDict,
+        count: ProvenanceCount,
+    ) -> None:
+        """Write the Provenance `body` of a subject version, on the sink's Provenance path."""
+        reason = "written" if count is ProvenanceCount.WRITTEN else "kept"
+        self.planned.append(self._provenance.plan(body, subject.patient, reason))
         try:
-            await self._put("Provenance", body["id"], body)
+            await self._provenance.send(body)
         except TransportError:
+            self.tally.provenance[ProvenanceCount.NOT_WRITTEN] += 1
             raise
         except FhirError as exc:
+            self.tally.provenance[ProvenanceCount.NOT_WRITTEN] += 1
             raise PatientError(
                 subject.patient,
                 f"its ResearchSubject was written but its Provenance was not: {exc}",
             ) from exc
+        self.tally.provenance[count] += 1
 
     def _individual(self, subject: SubjectInput) -> JsonDict | None:
         """ResearchSubject.individual: None (a literal `Patient/<id>`) or a logical reference."""
@@ -360,23 +447,16 @@ class ServerSink:
             if exc.status == _NOT_FOUND:
                 return None
             raise
-        body = _resource(response, kind, resource_id, url)
-        return _Stored(resource_id, body, _version_of(body, response))
+        body = read_resource(response, kind, resource_id, url)
+        return _Stored(resource_id, body, version_of(body, response))
 
     async def _search(self, kind: str, system: str, value: str) -> tuple[list[_Stored], int]:
         """The `kind`s with this identifier, and how many the server says match in all."""
         url = self._client.url(kind, [("identifier", resources.search_token(system, value))])
         response = await self._client.request("GET", url, headers=_STRICT)
-        bundle = _json(response, url)
-        if bundle.get("resourceType") != "Bundle":
-            raise InvalidResponseError(f"the {kind} search did not answer a Bundle", url=url)
+        bundle = json_object(response, url)
         found: list[_Stored] = []
-        for entry in _list(bundle.get("entry")):
-            search = entry.get("search") if isinstance(entry, dict) else None
-            mode = search.get("mode") if isinstance(search, dict) else None
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if mode not in (None, "match") or not isinstance(resource, dict):
-                continue  # includes, and the OperationOutcome of warnings
+        for resource in search_matches(bundle, url):
             if resource.get("resourceType") != kind or not resources.has_identifier(
                 resource, system, value
             ):
@@ -387,7 +467,7 @@ class ServerSink:
             resource_id = resource.get("id")
             if not isinstance(resource_id, str) or not resource_id:
                 raise InvalidResponseError(f"a {kind} in the search has no id", url=url)
-            found.append(_Stored(resource_id, resource, _meta_version(resource)))
+            found.append(_Stored(resource_id, resource, meta_version(resource)))
         total = bundle.get("total")
         return found, max(len(found), total if isinstance(total, int) else 0)
 
@@ -407,64 +487,6 @@ class ServerSink:
         )
 
 
-def _json(response: httpx.Response, url: str) -> JsonDict:
-    try:
-        body: Any = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise InvalidResponseError("the answer is not JSON", url=url) from None
-    if not isinstance(body, dict):
-        raise InvalidResponseError("the answer is not a JSON object", url=url)
-    return body
-
-
-def _resource(response: httpx.Response, kind: str, resource_id: str, url: str) -> JsonDict:
-    """The response body, checked to be the resource that was read."""
-    body = _json(response, url)
-    if body.get("resourceType") != kind:
-        raise InvalidResponseError(f"the {kind} read is not a {kind}", url=url)
-    if body.get("id") not in (None, resource_id):
-        raise InvalidResponseError(f"the {kind} read has another id", url=url)
-    return body
-
-
-def _written(
-    response: httpx.Response, kind: str, resource_id: str | None = None
-) -> tuple[str, str | None]:
-    """The id and version of what a create or update wrote.
-
-    From the body when the server returned it, else from the Location
-    (`.../ResearchSubject/x/_history/1`); the version from meta.versionId, the ETag or Location.
-    """
-    body: Any = None
-    if response.content:
-        try:
-            body = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            body = None
-    if not isinstance(body, dict) or body.get("resourceType") != kind:
-        body = {}
-    located_id, located_version = _location(response.headers.get("Location", ""), kind)
-    written_id = body.get("id") if isinstance(body.get("id"), str) else None
-    written_id = written_id or located_id or resource_id
-    if not written_id:
-        raise InvalidResponseError(
-            f"the server's answer to the {kind} write names no id", url=str(response.request.url)
-        )
-    version = _meta_version(body) or _etag_version(response) or located_version
-    return written_id, version
-
-
-def _location(location: str, kind: str) -> tuple[str | None, str | None]:
-    """Id and version from a Location `[base]/kind/id/_history/vid` (absolute or relative)."""
-    parts = [p for p in location.split("?", 1)[0].split("/") if p]
-    for index in range(len(parts) - 2, -1, -1):
-        if parts[index] == kind:
-            rest = parts[index + 1 :]
-            version = rest[2] if len(rest) >= 3 and rest[1] == "_history" else None
-            return rest[0], version
-    return None, None
-
-
 def _status_of(stored: _Stored) -> str:
     status = stored.body.get("status")
     if not isinstance(status, str):
@@ -472,24 +494,3 @@ def _status_of(stored: _Stored) -> str:
             "a ResearchSubject on the server has no status", url=f"ResearchSubject/{stored.id}"
         )
     return status
-
-
-def _meta_version(resource: JsonDict) -> str | None:
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return version if isinstance(version, str) and version else None
-
-
-def _etag_version(response: httpx.Response) -> str | None:
-    """The ETag's version: `W/"3"` -> `3`."""
-    etag = response.headers.get("ETag", "").strip().removeprefix("W/").strip('"')
-    return etag or None
-
-
-def _version_of(resource: JsonDict, response: httpx.Response) -> str | None:
-    """meta.versionId, else the ETag, else None."""
-    return _meta_version(resource) or _etag_version(response)
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []

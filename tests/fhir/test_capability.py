@@ -16,6 +16,7 @@ from adapter.errors import HttpStatusError, InvalidResponseError, TemporaryHttpE
 from adapter.fhir.capability import (
     ElementsSupport,
     ServerCapabilities,
+    WritePath,
     parse_capability_statement,
     probe_elements_support,
     read_capabilities,
@@ -301,3 +302,46 @@ def test_read_capabilities_can_skip_the_probe() -> None:
     caps = run(lambda c: read_capabilities(c, probe_elements=False))
     assert len(respx.calls) == 1
     assert caps.elements is ElementsSupport.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("params", "warned"),
+    [
+        (["identifier"], False),  # created conditionally: updateCreate is not needed
+        ([], True),  # PUT at a deterministic id: updateCreate is needed
+    ],
+)
+def test_the_update_create_warning_judges_only_writes_at_fixed_ids(
+    params: list[str], warned: bool
+) -> None:
+    """Issue 10: the warning named types that are never PUT at a new id."""
+    body = copy.deepcopy(HAPI)
+    body["rest"][0]["resource"] = [
+        resource(kind, params, updateCreate=False)
+        for kind in ("ResearchStudy", "Device", "ResearchSubject")
+    ]
+    lines = parse_capability_statement(body).describe()
+    for kind in ("ResearchStudy", "Device", "ResearchSubject"):
+        line = f"{kind}: updateCreate is false; creating at a deterministic id may fail"
+        assert (line in lines) is warned
+
+
+@pytest.mark.parametrize(
+    ("params", "update_create", "path", "line"),
+    [
+        (["target"], True, WritePath.FIXED_ID, None),
+        (["target"], False, WritePath.CONDITIONAL, "created with If-None-Exist on target"),
+        ([], False, WritePath.POST, "created by one POST each"),
+    ],
+)
+def test_provenance_is_created_as_the_server_allows(
+    params: list[str], update_create: bool, path: WritePath, line: str | None
+) -> None:
+    """trial-spec v2: PUT at its id, else If-None-Exist on target, else one POST."""
+    body = copy.deepcopy(HAPI)
+    body["rest"][0]["resource"] = [resource("Provenance", params, updateCreate=update_create)]
+    caps = parse_capability_statement(body)
+    assert caps.write_path("Provenance") is path
+    said = [x for x in caps.describe() if x.startswith("Provenance:")]
+    assert said == ([] if line is None else [next(x for x in said if line in x)])
+    assert not any("deterministic id may fail" in x for x in said)

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -542,3 +546,148 @@ def test_dry_run_writes_nothing_and_lists_the_planned_writes(
             assert write["resource_id"] == deterministic_id(SUBJECT_SYSTEM, value)
     provenance = [w for w in planned if w["resource_type"] == "Provenance"]
     assert sorted(w["patient"] for w in provenance) == sorted(expected)
+
+
+# -- Provenance is never lost (issue 10, trial-spec v2) --------------------------------------------
+
+#: Runs the CLI with two faults injected: SIGKILL at the Nth Provenance write, before it is sent
+#: (KILL_AT; 0 never), and the Provenance path forced (PROVENANCE_PATH: conditional | post), as
+#: a server declaring `updateCreate: false` (with and without `Provenance?target`) makes it.
+KILLING_CLI = """
+import asyncio, os, runpy, signal, sys
+from adapter.fhir import capability
+from adapter.sinks import provenance
+
+kill_at = int(os.environ.get("KILL_AT", "0"))
+sent = 0
+send = provenance.ProvenanceStore.send
+
+async def killing_send(self, body):
+    global sent
+    sent += 1
+    if sent == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(60)
+    await send(self, body)
+
+provenance.ProvenanceStore.send = killing_send
+forced = os.environ.get("PROVENANCE_PATH")
+write_path = capability.ServerCapabilities.write_path
+
+def forced_path(self, kind):
+    if kind == "Provenance" and forced:
+        return capability.WritePath(forced)
+    return write_path(self, kind)
+
+capability.ServerCapabilities.write_path = forced_path
+sys.argv = ["trial-adapter", *sys.argv[1:]]
+runpy.run_module("adapter.cli", run_name="__main__")
+"""
+
+
+def faulty_sweep(
+    target: Target, trial: TrialCopy, out: Path, *, kill_at: int = 0, path: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The sweep of `sweep()`, run by KILLING_CLI: it dies by SIGKILL at Provenance `kill_at`."""
+    url = target.base_url
+    command = [sys.executable, "-c", KILLING_CLI, "sweep", "--trial", str(trial.path)]
+    command += ["--as-of", AS_OF, "--out", str(out), "--source", url, "--sink", url]
+    env = {k: v for k, v in os.environ.items() if k != "TRIAL_ADAPTER_CONFIG"}
+    env |= {"KILL_AT": str(kill_at), "PROVENANCE_PATH": path}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=180, check=False, env=env, cwd=ROOT
+    )
+
+
+def assert_one_provenance_per_subject(target: Target, trial: TrialCopy) -> None:
+    """Every subject's current version has exactly one Provenance, and none has more."""
+    for patient, subject in subjects_of(target, trial).items():
+        found = provenances_of(target, subject["id"])
+        assert len(found) == 1, f"{len(found)} Provenance for {patient}"
+        check_provenance(target, found[0], subject, patient, trial)
+
+
+@pytest.mark.parametrize("kill_at", ["first", "middle", "last"])
+def test_a_sweep_killed_before_a_provenance_write_is_repaired_by_the_rerun(
+    server: Target, trial: TrialCopy, run_sweep: SweepRunner, tmp_path: Path, kill_at: str
+) -> None:
+    """SIGKILL between a subject write and its Provenance: the rerun finds that subject
+    unchanged and writes its Provenance, so every subject ends with exactly one."""
+    dry = sweep(run_sweep, server, trial, tmp_path / "dry", "--dry-run")
+    expected = flagged(dry.report)
+    at = {"first": 1, "middle": len(expected) // 2, "last": len(expected)}[kill_at]
+    killed = faulty_sweep(server, trial, tmp_path / "killed", kill_at=at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = subjects_of(server, trial)
+    assert len(before) == at
+    missing = [p for p, s in before.items() if not provenances_of(server, s["id"])]
+    assert len(missing) == 1  # the one whose Provenance the kill cut off
+
+    offset = server.log_offset()
+    again = sweep(run_sweep, server, trial, tmp_path / "again")
+
+    assert again.code == 0, again.stderr[-2000:]
+    assert again.report["errors"] == []
+    assert outcomes(again.report) == {
+        p: "unchanged" if p in before else "created" for p in expected
+    }
+    assert_one_provenance_per_subject(server, trial)
+    prov_path = fhir_path(server, "Provenance")
+    assert len(writes(server.requests_since(offset), prov_path)) in (0, len(expected) - at + 1)
+
+
+@pytest.mark.parametrize("path", ["conditional", "post"])
+def test_provenance_without_put_create_is_written_once_and_repaired(
+    extended_target: Target, trial: TrialCopy, run_sweep: SweepRunner, tmp_path: Path, path: str
+) -> None:
+    """updateCreate false: no Provenance PUT; If-None-Exist on target (or one POST each). A kill
+    before one of them is repaired by the rerun; a third run writes nothing."""
+    server = extended_target
+    offset = server.log_offset()
+    killed = faulty_sweep(server, trial, tmp_path / "killed", kill_at=3, path=path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = faulty_sweep(server, trial, tmp_path / "again", path=path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_one_provenance_per_subject(server, trial)
+    requests = server.requests_since(offset)
+    prov_path = fhir_path(server, "Provenance")
+    sent = writes(requests, prov_path)
+    assert sent == [f"POST {prov_path} 201"] * len(subjects_of(server, trial))
+
+    offset = server.log_offset()
+    third = faulty_sweep(server, trial, tmp_path / "third", path=path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert writes(server.requests_since(offset)) == []
+
+
+def test_a_new_version_gets_its_provenance_where_target_search_ignores_the_version(
+    extended_target: Target, trial: TrialCopy, tmp_path: Path
+) -> None:
+    """sekmet 0.1.1 answers `target=.../_history/2` (and If-None-Exist on it) with version 1's
+    Provenance: the Provenance version 2 lacks must still be written, on the conditional path."""
+    server = extended_target
+    first = faulty_sweep(server, trial, tmp_path / "first", path="conditional")
+    assert first.returncode == 0, first.stderr[-2000:]
+    subject = subjects_of(server, trial)[LAB_PATIENT]
+    # Version 2, same status: as a write of the adapter killed before its Provenance.
+    response = server.client.put(
+        f"ResearchSubject/{subject['id']}",
+        json=subject,
+        headers={"If-Match": f'W/"{subject["meta"]["versionId"]}"'},
+    )
+    assert response.status_code == 200, response.text[:1000]
+    now = subjects_of(server, trial)[LAB_PATIENT]
+    assert now["meta"]["versionId"] == "2"
+    quirk = server.client.get(
+        "Provenance", params={"target": f"ResearchSubject/{now['id']}/_history/2"}
+    ).json()
+    assert quirk.get("total") == 1  # version 1's: the server's quirk this test is about
+
+    again = faulty_sweep(server, trial, tmp_path / "again", path="conditional")
+
+    assert again.returncode == 0, again.stderr[-2000:]
+    targets = {p["target"][0]["reference"] for p in provenances_of(server, now["id"])}
+    assert targets == {
+        f"ResearchSubject/{now['id']}/_history/1",
+        f"ResearchSubject/{now['id']}/_history/2",
+    }

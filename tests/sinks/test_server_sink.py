@@ -48,16 +48,21 @@ POLICY = resources.trial_policy(STUDY.trial_id, TRIAL_HASH)
 WRITE_TYPES = ("ResearchStudy", "Device", "ResearchSubject")
 
 
-def capabilities(*searchable: str) -> ServerCapabilities:
-    """A CapabilityStatement listing `identifier` as a search parameter of `searchable` only."""
+def capabilities(*searchable: str, put_creates: bool = True) -> ServerCapabilities:
+    """A CapabilityStatement listing `identifier` as a search parameter of `searchable` only
+    (`target` for Provenance); `put_creates` is Provenance's updateCreate."""
     return ServerCapabilities(
         resources=tuple(
             ResourceCapabilities(
                 kind,
                 interactions=frozenset({"read", "update", "create", "search-type"}),
-                search_params=frozenset({"identifier"} if kind in searchable else {"_id"}),
+                search_params=frozenset(
+                    {"target" if kind == "Provenance" else "identifier"}
+                    if kind in searchable
+                    else {"_id", "_tag"}
+                ),
                 conditional_create=kind in searchable,
-                update_create=True,
+                update_create=put_creates or kind != "Provenance",
                 versioning="versioned-update",
             )
             for kind in (*WRITE_TYPES, "Provenance")
@@ -107,6 +112,11 @@ class FakeServer:
     after_read: Callable[[], None] | None = None  # e.g. someone edits between read and write
     return_minimal: bool = False  # answer writes without a body (Prefer: return=minimal)
     honours_strict: bool = True  # False: ignores unknown parameters even when asked to be strict
+    refuses_put_create: frozenset[str] = frozenset()  # types whose PUT cannot create (405)
+    lose_answers: dict[str, int] = field(
+        default_factory=dict
+    )  # type -> writes whose answer is lost
+    ignores_versions: bool = False  # `target=X/_history/2` matches every version (sekmet 0.1.1)
     next_id: int = 1000
 
     def put(self, path: str, body: dict[str, Any]) -> None:
@@ -136,10 +146,17 @@ class FakeServer:
         if kind in self.fail_writes_of:
             return outcome(self.fail_writes_of[kind], "processing", "could not store it")
         if request.method == "PUT" and "/" in path:
-            return self._update(path, request)
-        if request.method == "POST" and "/" not in path:
-            return self._create(path, request)
-        return outcome(405, "not-supported", f"{request.method} not supported")
+            if kind in self.refuses_put_create and path not in self.stored:
+                return outcome(405, "not-supported", f"{kind}: no create by update (PUT)")
+            response = self._update(path, request)
+        elif request.method == "POST" and "/" not in path:
+            response = self._create(path, request)
+        else:
+            return outcome(405, "not-supported", f"{request.method} not supported")
+        if self.lose_answers.get(kind, 0) > 0:
+            self.lose_answers[kind] -= 1
+            raise httpx.ReadError("connection reset after the write was applied", request=request)
+        return response
 
     def matching(self, kind: str, token: str) -> list[str]:
         system, value = token.split("|", 1)
@@ -162,6 +179,8 @@ class FakeServer:
     def _search(self, kind: str, request: httpx.Request) -> httpx.Response:
         if self.fail_reads_with is not None:
             return outcome(self.fail_reads_with, "transient", "try later")
+        if kind == "Provenance":
+            return self._bundle(request, self._provenance_search(request))
         token = request.url.params.get("identifier")
         if token is not None and kind not in self.searchable:
             strict = "handling=strict" in request.headers.get("Prefer", "")
@@ -170,6 +189,32 @@ class FakeServer:
                 return outcome(400, "not-supported", text)
             token = None  # ignored: every resource of the type matches
         paths = list(self.of_type(kind)) if token is None else self.matching(kind, token)
+        return self._bundle(request, paths)
+
+    def targeting(self, target: str) -> list[str]:
+        """The Provenance whose target is `target` (any version of it: `ignores_versions`)."""
+        if self.ignores_versions:
+            target = target.split("/_history/")[0]
+        return [
+            path
+            for path, body in self.of_type("Provenance").items()
+            for t in body["target"]
+            if (t["reference"].split("/_history/")[0] if self.ignores_versions else t["reference"])
+            == target
+        ]
+
+    def _provenance_search(self, request: httpx.Request) -> list[str]:
+        target = request.url.params.get("target")
+        if target is not None:
+            return self.targeting(target)
+        tag = request.url.params.get("_tag")
+        return [
+            path
+            for path, body in self.of_type("Provenance").items()
+            if tag is None or tag in {f"{t['system']}|{t['code']}" for t in body["meta"]["tag"]}
+        ]
+
+    def _bundle(self, request: httpx.Request, paths: list[str]) -> httpx.Response:
         bundle = {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -188,7 +233,12 @@ class FakeServer:
 
     def _create(self, kind: str, request: httpx.Request) -> httpx.Response:
         condition = request.headers.get("If-None-Exist")
-        if condition is not None:
+        if condition is not None and kind == "Provenance":
+            found = self.targeting(dict(parse_qsl(condition))["target"])
+            if found:
+                version, body = self.stored[found[0]]
+                return self._resource(200, found[0], version, body)
+        elif condition is not None:
             token = dict(parse_qsl(condition))["identifier"]
             if kind not in self.searchable:
                 return outcome(400, "not-supported", f"Unknown search parameter for {kind}")
