@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adapter import mapfiles
 from adapter.analytes import Analyte
@@ -72,6 +72,12 @@ class CodedAs(_Strict):
 class Bounds(_Strict):
     low: float = Field(ge=0, allow_inf_nan=False)
     high: float = Field(gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.low > self.high:
+            raise ValueError("low is above high")
+        return self
 
 
 class AnalyteModel(_Strict):
@@ -200,7 +206,9 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
     aliases = system_aliases(systems_file, mdir / "systems.yaml")
     equivalents = systems_file.equivalents
     valuesets: dict[str, ValueSetModel] = {}
-    shared_sets = mapfiles.load(CodeSetsFile, mdir / "codesets.yaml")
+    sets_path = mdir / "codesets.yaml"
+    sets_data, sets_lines = mapfiles.read_yaml(sets_path)
+    shared_sets = mapfiles.validate(CodeSetsFile, sets_data, sets_path, sets_lines)
     shared_analytes = mapfiles.load(AnalytesFile, mdir / "analytes.yaml")
     local_path = mdir / "local-codes.yaml"
     local = mapfiles.load(LocalCodesFile, local_path) if local_path.is_file() else LocalCodesFile()
@@ -209,8 +217,11 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
     data, lines = mapfiles.read_yaml(path)
     trial_file = mapfiles.validate(TrialFile, data, path, lines)
 
+    line_index = {path: lines, sets_path: sets_lines}
+
     def fail(loc: mapfiles.Loc, reason: str, file: Path = path) -> MappingError:
-        line = mapfiles.line_of(lines, loc) if file == path else None
+        known = line_index.get(file)
+        line = mapfiles.line_of(known, loc) if known is not None else None
         return MappingError(str(file), reason, line=line, field=".".join(map(str, loc)))
 
     def resolve_system(alias: str, loc: mapfiles.Loc, file: Path) -> SystemModel:
@@ -259,7 +270,7 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
 
     codesets: dict[str, CodeSet] = {}
     for cs_name, cs_model in shared_sets.codesets.items():
-        codesets[cs_name] = build_codeset(cs_name, cs_model, mdir / "codesets.yaml", ())
+        codesets[cs_name] = build_codeset(cs_name, cs_model, sets_path, ("codesets", cs_name))
     for cs_name, cs_model in trial_file.codesets.items():
         codesets[cs_name] = build_codeset(cs_name, cs_model, path, ("codesets", cs_name))
 

@@ -125,3 +125,79 @@ def test_a_local_code_for_an_analyte_no_file_defines_fails_at_load(tmp_path):
         fh.write("  - {system: example-site-lab, code: X, analyte: haemoglobin}\n")
     with pytest.raises(MappingError, match="unknown analyte 'haemoglobin'"):
         load_trial(TRIAL, mdir)
+
+
+def _copy_mappings(tmp_path: Path) -> Path:
+    mdir = tmp_path / "mappings"
+    shutil.copytree(default_mappings_dir(), mdir)
+    return mdir
+
+
+def test_a_code_set_naming_a_missing_value_set_fails_at_load_with_its_line(tmp_path):
+    """A value-set expansion named in codesets.yaml must exist: file, line and field."""
+    mdir = _copy_mappings(tmp_path)
+    path = mdir / "codesets.yaml"
+    text = path.read_text().replace("valuesets: [snomed-ascites]", "valuesets: [snomed-ascitis]", 1)
+    path.write_text(text)
+    with pytest.raises(MappingError, match="no value set 'snomed-ascitis'") as info:
+        load_trial(TRIAL, mdir)
+    assert info.value.file == str(path)
+    assert info.value.line == _line_of(path, "snomed-ascitis")
+
+
+def test_a_broken_value_set_file_names_its_file_line_and_field(tmp_path):
+    """An expansion file is validated when loaded (codes must be text, sources named)."""
+    mdir = _copy_mappings(tmp_path)
+    path = mdir / "valuesets" / "snomed-ascites.yaml"
+    path.write_text(path.read_text().replace("  system: snomed", "  system: snowmed", 1))
+    with pytest.raises(MappingError, match="unknown code system 'snowmed'"):
+        load_trial(TRIAL, mdir)
+    path.write_text(path.read_text().replace("name: snomed-ascites", "name: snomed-other", 1))
+    with pytest.raises(MappingError, match="is not the file's name") as info:
+        load_trial(TRIAL, mdir)
+    assert info.value.file == str(path)
+    assert info.value.field == "valueset.name"
+
+
+def test_every_shipped_value_set_names_its_sources_and_is_used():
+    """Each expansion says where it came from, and some code set uses it."""
+    from adapter.valuesets import load_valueset
+
+    mdir = default_mappings_dir()
+    used = (mdir / "codesets.yaml").read_text()
+    for path in sorted((mdir / "valuesets").glob("*.yaml")):
+        vs = load_valueset(path)
+        assert vs.sources, path.name
+        assert all(s.name for s in vs.sources), path.name
+        assert path.stem in used, f"{path.name} is not used by any code set"
+
+
+def test_one_spelling_may_name_one_system_only(tmp_path):
+    """equivalents: an OID given for two systems is refused at load."""
+    mdir = _copy_mappings(tmp_path)
+    path = mdir / "systems.yaml"
+    path.write_text(
+        path.read_text().replace(
+            '"http://snomed.info/sct": ["urn:oid:2.16.840.1.113883.6.96"]',
+            '"http://snomed.info/sct": ["urn:oid:2.16.840.1.113883.6.1"]',
+        )
+    )
+    with pytest.raises(MappingError, match="given for both"):
+        load_trial(TRIAL, mdir)
+
+
+def test_plausibility_bounds_must_be_finite_and_ordered(tmp_path):
+    """A bound of .nan or a low above its high fails at load."""
+    mdir = _copy_mappings(tmp_path)
+    path = mdir / "analytes.yaml"
+    original = path.read_text()
+    path.write_text(
+        original.replace("plausible: {low: 1, high: 25}", "plausible: {low: .nan, high: 25}", 1)
+    )
+    with pytest.raises(MappingError):
+        load_trial(TRIAL, mdir)
+    path.write_text(
+        original.replace("plausible: {low: 1, high: 25}", "plausible: {low: 30, high: 25}", 1)
+    )
+    with pytest.raises(MappingError, match="low is above high"):
+        load_trial(TRIAL, mdir)
