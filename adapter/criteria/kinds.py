@@ -219,8 +219,8 @@ class ConditionAbsent(Criterion):
             if maybe:
                 return CriterionResult(
                     Result.UNKNOWN,
-                    f"{which}{self.undecided_codeset} Condition: it may or may not be a "
-                    f"{self.codeset}; the coordinator reads the history",
+                    f"only a {which}{self.undecided_codeset} Condition, which may or may not "
+                    f"count as {self.codeset}: the coordinator reads the history",
                     maybe,
                 )
         return CriterionResult(Result.MET, f"no {which}{self.codeset} Condition")
