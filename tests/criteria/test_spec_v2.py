@@ -345,6 +345,8 @@ def test_sex_is_the_extension_where_present_else_gender(extension, expected):
         ({"abatementBoolean": True}, M),
         ({"abatementAge": {"value": 30, "unit": "a"}}, M),  # born 1970: ended 2000
         ({"abatementAge": {"value": 70, "unit": "a"}}, N),  # ends in 2040
+        ({"abatementRange": {"low": {"value": 20}, "high": {"value": 30}}}, M),
+        ({"abatementRange": {"low": {"value": 50}, "high": {"value": 60}}}, N),  # until 2030
         ({"abatementDateTime": "2026-07-01"}, N),  # after as-of: still active
         ({"abatementBoolean": False}, N),
         ({}, N),
@@ -497,6 +499,40 @@ def test_an_implausible_latest_value_is_unknown_with_no_fall_back(code, value, u
 def test_v2_loinc_codes_are_read(code, value, unit, criterion, expected):
     """v2: more LOINC codes for hemoglobin, platelets, albumin, BUN, creatinine."""
     assert verdicts(obs(code, value, unit, "2026-06-10"))[criterion].result is expected
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        (obs("45194-8", 40, "[IU]/L", "2026-06-12"), N),
+        (obs("20415-6", 2, "[IU]/L", "2026-06-12"), M),
+        (
+            obs("2110-5", None, None, "2026-06-12")
+            | {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "260385009"}]}},
+            M,
+        ),
+        (obs("19180-9", 2, "[IU]/L", "2026-06-12"), U),  # free beta-hCG is not a pregnancy test
+        (obs("2106-3", 2, "[IU]/L", "2026-06-12"), U),  # urine: not the protocol's blood test
+    ],
+)
+def test_v2_serum_hcg_codes_are_read_and_others_are_not(resource, expected):
+    """v2: hCG quantity 45194-8, 20415-6 and presence 2110-5; free beta and urine are not."""
+    got = verdicts(resource, who=patient("female", "1990-01-01"))["not_pregnant"]
+    assert got.result is expected
+
+
+def test_v2_fasting_glucose_in_venous_blood_is_read():
+    """v2: fasting glucose 1557-8 (mg/dL), for a diabetic patient."""
+    got = verdicts(cond("E11.9"), obs("1557-8", 180.16, "mg/dL", "2026-06-10"))
+    assert got["diabetes_glucose_controlled"].result is N  # 10.0 mmol/L > 8.0
+
+
+def test_v2_neutrophil_percent_and_leukocyte_codes_derive_the_count():
+    """v2: ANC = WBC x % / 100 from 23761-0 and 804-5 on the same day."""
+    got = verdicts(
+        obs("804-5", 5.0, "10*9/L", "2026-06-10"), obs("23761-0", 40, "%", "2026-06-10")
+    )["neutrophils"]
+    assert got.result is M  # 2.0 >= 1.5
 
 
 def test_v2_inr_code_is_read_for_coagulation():
