@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from adapter.facts.dates import FhirDate
@@ -55,6 +55,11 @@ def display_key(when: FhirDate) -> tuple[date, float]:
     """A total order that agrees with `order` where it is decided (to pick what to show)."""
     moment = when.instant or datetime.combine(when.last_day, datetime.max.time(), UTC)
     return (when.last_day, moment.timestamp())
+
+
+def _dated(lab: LabValue) -> FhirDate:
+    assert lab.date is not None  # callers pass dated values only
+    return lab.date
 
 
 def _issued_moment(lab: LabValue) -> float | None:
@@ -140,8 +145,18 @@ def choose_latest(
         if straddling:
             return Choice(None, f"{none} for certain: a partial date crosses the window edge")
         return Choice(None, none, absent=True)
+    # Only the values of the last days can be the latest (a ward's vitals run into thousands).
+    # Local days of two timestamps may differ from their order by up to 28 hours of offsets, so
+    # a value is set aside only when its last day is more than 2 days before another's first.
+    horizon = max(_dated(v).first_day for v in inside) - timedelta(days=2)
+    tail = [
+        (v, is_inside)
+        for vs, is_inside in ((inside, True), (straddling, False))
+        for v in vs
+        if _dated(v).last_day >= horizon
+    ]
     groups: list[_Group] = []
-    for lab, is_inside in [*((v, True) for v in inside), *((v, False) for v in straddling)]:
+    for lab, is_inside in tail:
         assert lab.date is not None
         for g in groups:
             if order(lab.date, g.when) == "same":

@@ -136,6 +136,15 @@ def test_latest_compares_instants_not_local_calendar_days():
     assert got.evidence[0].recorded_value == 8.4
 
 
+def test_offsets_can_reverse_calendar_days_two_days_apart():
+    """Offsets span 28 hours: 23:30-14:00 on the 8th is after 00:10+14:00 on the 10th."""
+    got = verdicts(
+        obs("718-7", 12.0, "g/dL", "2026-06-10T00:10:00+14:00"),
+        obs("718-7", 8.0, "g/dL", "2026-06-08T23:30:00-14:00"),
+    )["hemoglobin"]
+    assert got.result is N
+
+
 @pytest.mark.parametrize(
     ("dated", "timed", "expected"),
     [
@@ -293,11 +302,19 @@ def test_snomed_only_problem_lists_are_excluded(criterion, code, clinical):
     assert verdicts(cond(code, SNOMED, clinical))[criterion].result is N
 
 
-def test_secondary_of_liver_is_neither_another_malignancy_nor_extrahepatic():
+@pytest.mark.parametrize("code", ["94381002", "285613005", "1691000119104", "107831000119101"])
+def test_secondary_of_liver_is_neither_another_malignancy_nor_extrahepatic(code):
     """v2: other_malignancy excepts 94381002 and the secondaries; metastasis excepts liver."""
-    got = verdicts(cond("94381002", SNOMED))
+    got = verdicts(cond(code, SNOMED))
     assert got["no_other_malignancy"].result is M
     assert got["no_extrahepatic_metastasis"].result is M
+
+
+def test_a_liver_cancer_spread_elsewhere_is_an_extrahepatic_metastasis():
+    """315000005 Metastasis from malignant tumor of liver: the spread is outside the liver."""
+    got = verdicts(cond("315000005", SNOMED))
+    assert got["no_extrahepatic_metastasis"].result is N
+    assert got["no_other_malignancy"].result is M
 
 
 # -- pregnancy ------------------------------------------------------------------------------------
