@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from adapter.facts.model import Coding
+
+
+@dataclass(frozen=True, slots=True)
+class UlnBand:
+    """A site's default ULN for one sex and age band (completed years, both ends included)."""
+
+    sex: Literal["male", "female", "any"]
+    age_min: int | None
+    age_max: int | None
+    #: in the analyte's canonical unit
+    uln: float
+    #: the mapping file the band comes from
+    origin: str = ""
+
+    def fits_sex(self, sex: str | None) -> bool:
+        return self.sex == "any" or self.sex == sex
+
+    def fits_age(self, years: int) -> bool:
+        if self.age_min is not None and years < self.age_min:
+            return False
+        return self.age_max is None or years <= self.age_max
+
+    def text(self) -> str:
+        low = "" if self.age_min is None else str(self.age_min)
+        high = "" if self.age_max is None else str(self.age_max)
+        ages = "any age" if not (low or high) else f"age {low}-{high}"
+        return f"{self.sex}, {ages}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +60,14 @@ class Analyte:
     #: plausibility bounds in the canonical unit (trial-spec v2); a value outside is unusable
     plausible_low: float | None = None
     plausible_high: float | None = None
+    #: the mapping file each code was mapped by (bundled analytes.yaml, local-codes.yaml, a site
+    #: file), for the evidence; codes absent here were given by hand (tests)
+    code_origins: dict[Coding, str] = field(default_factory=dict)
+    #: the files that gave `default_uln` and the plausibility bounds
+    uln_origin: str | None = None
+    bounds_origin: str | None = None
+    #: a site's default ULNs by sex and age, tried in order before `default_uln`
+    uln_bands: tuple[UlnBand, ...] = ()
 
     def plausible(self, value: float) -> bool:
         """Within the bounds; a negative value is never plausible (trial-spec v2)."""

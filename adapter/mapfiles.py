@@ -15,6 +15,8 @@ from adapter.errors import MappingError
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]
+#: libyaml when PyYAML has it: the value-set expansions are large, and every start reads them
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
@@ -24,8 +26,8 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     except OSError as exc:
         raise MappingError(str(path), f"cannot read: {exc.strerror}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # a safe loader, C or Python
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

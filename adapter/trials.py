@@ -1,112 +1,53 @@
 """Loading trial definitions and the mappings they use, validated once, at start.
 
 A mappings folder holds `systems.yaml`, `codesets.yaml`, `analytes.yaml`, `local-codes.yaml`,
-`units.yaml` and `trials/<id>.yaml`. A trial is named by id (looked up in `trials/`) or by the
-path of its file; a trial file may add its own `codesets` and `analytes`, checked like the shared
-ones. Every mistake is a MappingError naming file, line and field.
+`units.yaml` and `trials/<id>.yaml`; a site folder laid out alike is merged over it
+(`adapter.site_mappings`). A trial is named by id (looked up in `trials/`) or by the path of its
+file; a trial file may add its own `codesets` and `analytes`, checked like the shared ones. Every
+mistake is a MappingError naming file, line and field.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapter import mapfiles
-from adapter.analytes import Analyte
+from adapter.analytes import Analyte, UlnBand
 from adapter.codes import CodePattern, CodeSet
 from adapter.criteria.kinds import Criterion, criterion_models
 from adapter.errors import MappingError
 from adapter.facts.model import Coding
 from adapter.facts.units import Units
-from adapter.valuesets import ValueSetModel, load_valueset, valueset_path
+from adapter.mapschema import (
+    AnalyteModel,
+    AnalytePatch,
+    CodeSetModel,
+    CodeSetPatch,
+    SystemModel,
+    SystemsFile,
+    UlnBandModel,
+)
+from adapter.site_mappings import (
+    FoldedAnalyte,
+    Layer,
+    Mappings,
+    default_mappings_dir,
+    load_mappings,
+)
+
+__all__ = ["SystemsFile", "Trial", "default_mappings_dir", "load_trial"]
 
 #: the key of a code set's include/exclude that names value-set expansion files
 VALUESETS = "valuesets"
 
 
-def default_mappings_dir() -> Path:
-    """`adapter/mappings` in an installed wheel, else the checkout's top-level `mappings/`."""
-    packaged = Path(str(resources.files("adapter"))) / "mappings"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "mappings"
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SystemModel(_Strict):
-    urls: list[str] = Field(min_length=1)
-    match: Literal["exact", "icd"]
-
-
-class SystemsFile(_Strict):
-    systems: dict[str, SystemModel]
-    #: a system's URL -> its other spellings (the OID forms of the standard systems, v2)
-    equivalents: dict[str, list[str]] = {}
-
-
-class CodeSetModel(_Strict):
-    description: str = ""
-    include: dict[str, list[str]]
-    exclude: dict[str, list[str]] = {}
-    search_variants: dict[str, list[str]] = {}
-
-
-class CodeSetsFile(_Strict):
-    codesets: dict[str, CodeSetModel]
-
-
-class CodedAs(_Strict):
-    system: str
-    code: str
-    molar_mass: float = Field(gt=0)
-
-
-class Bounds(_Strict):
-    low: float = Field(ge=0, allow_inf_nan=False)
-    high: float = Field(gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Bounds:
-        if self.low > self.high:
-            raise ValueError("low is above high")
-        return self
-
-
-class AnalyteModel(_Strict):
-    name: str
-    unit: str
-    molar_mass: float | None = Field(default=None, gt=0)
-    default_uln: float | None = Field(default=None, gt=0)
-    iu_as_u: bool = False
-    unit_if_missing: str | None = None
-    codes: dict[str, list[str]]
-    coded_as: list[CodedAs] = []
-    value_codes: dict[str, list[str]] = {}
-    panels: dict[str, list[str]] = {}
-    #: plausibility bounds in `unit` (trial-spec v2): outside them a value is unusable
-    plausible: Bounds | None = None
-
-
-class AnalytesFile(_Strict):
-    analytes: dict[str, AnalyteModel]
-
-
-class LocalCode(_Strict):
-    system: str
-    code: str
-    analyte: str
-
-
-class LocalCodesFile(_Strict):
-    local_codes: list[LocalCode] = []
 
 
 class StudyIdentifier(_Strict):
@@ -159,6 +100,8 @@ class Trial:
     content_hash: str
     #: other spellings of a code system -> the one the mappings use (facts are read in it)
     system_aliases: dict[str, str]
+    #: the site mapping files read (their content is part of `content_hash`)
+    site_files: tuple[Path, ...] = ()
 
     def needed_analytes(self) -> frozenset[str]:
         needed: set[str] = set()
@@ -186,43 +129,35 @@ class Trial:
         return frozenset(tokens)
 
 
-def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
-    """Load trial `name` (an id in `trials/`, or a file path) and every mapping it uses."""
-    mdir = mappings_dir or default_mappings_dir()
+def load_trial(
+    name: str, mappings_dir: Path | None = None, site_mappings: Path | None = None
+) -> Trial:
+    """Load trial `name` (an id in `trials/`, or a file path) and every mapping it uses.
+
+    `mappings_dir` replaces the bundled folder; `site_mappings` is merged over it.
+    """
+    maps = load_mappings(mappings_dir, site_mappings)
     candidate = Path(name)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         path = candidate
         if not path.is_file():
             raise MappingError(str(path), "trial file not found")
     else:
-        path = mdir / "trials" / f"{name}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (mdir / "trials").glob("*.yaml"))
-            raise MappingError(
-                str(path), f"no trial '{name}' (known: {', '.join(known) or 'none'})"
-            )
-    systems_file = mapfiles.load(SystemsFile, mdir / "systems.yaml")
-    systems = systems_file.systems
-    aliases = system_aliases(systems_file, mdir / "systems.yaml")
-    equivalents = systems_file.equivalents
-    valuesets: dict[str, ValueSetModel] = {}
-    sets_path = mdir / "codesets.yaml"
-    sets_data, sets_lines = mapfiles.read_yaml(sets_path)
-    shared_sets = mapfiles.validate(CodeSetsFile, sets_data, sets_path, sets_lines)
-    shared_analytes = mapfiles.load(AnalytesFile, mdir / "analytes.yaml")
-    local_path = mdir / "local-codes.yaml"
-    local = mapfiles.load(LocalCodesFile, local_path) if local_path.is_file() else LocalCodesFile()
-    units = Units.load(mdir / "units.yaml")
+        path = maps.trial_path(name)
+    systems = maps.systems
+    aliases = system_aliases(
+        SystemsFile(systems=systems, equivalents=maps.equivalents), maps.equivalents_file
+    )
+    equivalents = maps.equivalents
+    units = maps.units()
 
     data, lines = mapfiles.read_yaml(path)
     trial_file = mapfiles.validate(TrialFile, data, path, lines)
-
-    line_index = {path: lines, sets_path: sets_lines}
+    maps.check_trial_id(path, trial_file.id, lines)
+    maps.lines[path] = lines
 
     def fail(loc: mapfiles.Loc, reason: str, file: Path = path) -> MappingError:
-        known = line_index.get(file)
-        line = mapfiles.line_of(known, loc) if known is not None else None
-        return MappingError(str(file), reason, line=line, field=".".join(map(str, loc)))
+        return maps.fail(file, loc, reason)
 
     def resolve_system(alias: str, loc: mapfiles.Loc, file: Path) -> SystemModel:
         if alias not in systems:
@@ -233,21 +168,27 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         """A system's URLs and their other spellings: a server search lists every form."""
         return [form for url in system.urls for form in (url, *equivalents.get(url, ()))]
 
-    def expansion(name: str, loc: mapfiles.Loc, file: Path) -> ValueSetModel:
-        if name not in valuesets:
-            vs_path = valueset_path(mdir, name)
-            if not vs_path.is_file():
-                raise fail(loc, f"no value set '{name}' ({vs_path})", file)
-            valuesets[name] = load_valueset(vs_path)
-        return valuesets[name]
+    def codings(
+        part: dict[str, list[str]], key: str, file: Path, base: mapfiles.Loc
+    ) -> list[Coding]:
+        out: list[Coding] = []
+        for alias, code_list in part.items():
+            system = resolve_system(alias, (*base, key, alias), file)
+            out.extend(Coding(url, str(c)) for url in urls_of(system) for c in code_list)
+        return out
 
-    def build_codeset(name: str, model: CodeSetModel, file: Path, base: mapfiles.Loc) -> CodeSet:
-        def patterns(part: dict[str, list[str]], key: str) -> tuple[CodePattern, ...]:
+    def build_codeset(
+        name: str, layers: Sequence[Layer[CodeSetModel] | Layer[CodeSetModel | CodeSetPatch]]
+    ) -> CodeSet:
+        """One code set from its layers: each file's codes joined, resolved in that file."""
+
+        def patterns(part: dict[str, list[str]], key: str, layer: Layer[Any]) -> list[CodePattern]:
             out: list[CodePattern] = []
+            file, base = layer.file, layer.loc
             for alias, codes in part.items():
                 if alias == VALUESETS:
                     for i, vs_name in enumerate(codes):
-                        vs = expansion(str(vs_name), (*base, key, alias, i), file)
+                        vs = maps.valueset(str(vs_name), (*base, key, alias, i), file)
                         system = resolve_system(vs.system, (*base, key, alias, i), file)
                         for url in urls_of(system):
                             out.extend(CodePattern(url, code, system.match) for code in vs.codes)
@@ -255,31 +196,37 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
                 system = resolve_system(alias, (*base, key, alias), file)
                 for url in urls_of(system):
                     out.extend(CodePattern(url, str(code), system.match) for code in codes)
-            return tuple(out)
+            return out
 
+        include: list[CodePattern] = []
+        exclude: list[CodePattern] = []
         variants: list[Coding] = []
-        for alias, codes in model.search_variants.items():
-            system = resolve_system(alias, (*base, "search_variants", alias), file)
-            variants.extend(Coding(url, str(c)) for url in urls_of(system) for c in codes)
+        for layer in layers:
+            model = layer.model
+            include += patterns(model.include, "include", layer)
+            exclude += patterns(model.exclude, "exclude", layer)
+            variants += codings(model.search_variants, "search_variants", layer.file, layer.loc)
         return CodeSet(
             name,
-            patterns(model.include, "include"),
-            patterns(model.exclude, "exclude"),
-            tuple(variants),
+            tuple(dict.fromkeys(include)),
+            tuple(dict.fromkeys(exclude)),
+            tuple(dict.fromkeys(variants)),
         )
 
     codesets: dict[str, CodeSet] = {}
-    for cs_name, cs_model in shared_sets.codesets.items():
-        codesets[cs_name] = build_codeset(cs_name, cs_model, sets_path, ("codesets", cs_name))
+    for cs_name, cs_layers in maps.codesets.items():
+        codesets[cs_name] = build_codeset(cs_name, cs_layers)
     for cs_name, cs_model in trial_file.codesets.items():
-        codesets[cs_name] = build_codeset(cs_name, cs_model, path, ("codesets", cs_name))
+        codesets[cs_name] = build_codeset(cs_name, [Layer(cs_model, path, ("codesets", cs_name))])
 
     analytes: dict[str, Analyte] = {}
-    all_analytes = [
-        (n, m, mdir / "analytes.yaml", ("analytes", n)) for n, m in shared_analytes.analytes.items()
-    ]
-    all_analytes += [(n, m, path, ("analytes", n)) for n, m in trial_file.analytes.items()]
-    for a_name, a_model, file, base in all_analytes:
+    all_analytes = [maps.fold_analyte(n) for n in maps.analytes]
+    for n, m in trial_file.analytes.items():
+        all_analytes.append(FoldedAnalyte(m, [Layer(m, path, ("analytes", n))], path, path))
+    for folded in all_analytes:
+        a_model, last = folded.model, folded.layers[-1]
+        file, base = last.file, last.loc
+        a_name = str(base[-1])
         if not units.is_valid(a_model.unit):
             raise fail((*base, "unit"), f"'{a_model.unit}' is not a UCUM unit", file)
         if a_model.unit_if_missing is not None and not units.compatible(
@@ -291,21 +238,23 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
                 file,
             )
         value_codes: set[Coding] = set()
-        for alias, code_list in a_model.value_codes.items():
-            system = resolve_system(alias, (*base, "value_codes", alias), file)
-            value_codes.update(Coding(url, str(c)) for url in urls_of(system) for c in code_list)
         panel_codes: set[Coding] = set()
-        for alias, code_list in a_model.panels.items():
-            system = resolve_system(alias, (*base, "panels", alias), file)
-            panel_codes.update(Coding(url, str(c)) for url in urls_of(system) for c in code_list)
         codes: dict[Coding, float | None] = {}
-        for alias, code_list in a_model.codes.items():
-            system = resolve_system(alias, (*base, "codes", alias), file)
-            for url in urls_of(system):
-                codes.update({Coding(url, str(c)): None for c in code_list})
-        for extra in a_model.coded_as:
-            system = resolve_system(extra.system, (*base, "coded_as"), file)
-            codes.update({Coding(url, extra.code): extra.molar_mass for url in urls_of(system)})
+        origins: dict[Coding, str] = {}
+        for layer in folded.layers:
+            model: AnalyteModel | AnalytePatch = layer.model
+            file, base = layer.file, layer.loc
+            value_codes.update(codings(model.value_codes, "value_codes", file, base))
+            panel_codes.update(codings(model.panels, "panels", file, base))
+            found: dict[Coding, float | None] = dict.fromkeys(
+                codings(model.codes, "codes", file, base)
+            )
+            for extra in model.coded_as:
+                system = resolve_system(extra.system, (*base, "coded_as"), file)
+                found.update({Coding(url, extra.code): extra.molar_mass for url in urls_of(system)})
+            codes.update(found)
+            origins.update(dict.fromkeys(found, maps.label(file)))
+        bands = maps.uln.get(a_name)
         analytes[a_name] = Analyte(
             a_name,
             a_model.name,
@@ -319,22 +268,32 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
             frozenset(panel_codes),
             a_model.plausible.low if a_model.plausible else None,
             a_model.plausible.high if a_model.plausible else None,
+            code_origins=origins,
+            uln_origin=maps.label(folded.uln_file) if folded.uln_file else None,
+            bounds_origin=maps.label(folded.bounds_file) if folded.bounds_file else None,
+            uln_bands=_bands(bands, maps.label(bands.file)) if bands else (),
         )
     other_trials: set[str] | None = None
-    for i, lc in enumerate(local.local_codes):
+    for lc_layer in maps.local_codes:
+        lc, local_path, lc_loc = lc_layer.model, lc_layer.file, lc_layer.loc
         if lc.analyte not in analytes:
             # local-codes.yaml is shared by every trial: a code for an analyte that only another
             # trial defines is that trial's business; one that no file defines is a mistake.
             if other_trials is None:
-                other_trials = _analytes_of_other_trials(mdir)
+                other_trials = _analytes_of_other_trials(maps)
             if lc.analyte in other_trials:
                 continue
-            raise MappingError(
-                str(local_path), f"unknown analyte '{lc.analyte}'", field=f"local_codes.{i}.analyte"
-            )
-        system = resolve_system(lc.system, ("local_codes", i, "system"), local_path)
+            raise fail((*lc_loc, "analyte"), f"unknown analyte '{lc.analyte}'", local_path)
+        system = resolve_system(lc.system, (*lc_loc, "system"), local_path)
         for url in urls_of(system):
             analytes[lc.analyte].codes[Coding(url, lc.code)] = None
+            analytes[lc.analyte].code_origins[Coding(url, lc.code)] = maps.label(local_path)
+    for a_name, bands in maps.uln.items():
+        if a_name not in analytes:
+            if other_trials is None:
+                other_trials = _analytes_of_other_trials(maps)
+            if a_name not in other_trials:
+                raise fail(bands.loc, f"unknown analyte '{a_name}'", bands.file)
 
     cohort: list[CodeSet] = []
     for i, cs_name in enumerate(trial_file.cohort.active_condition_in):
@@ -385,8 +344,9 @@ def load_trial(name: str, mappings_dir: Path | None = None) -> Trial:
         analytes=analytes,
         units=units,
         source_file=path,
-        content_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+        content_hash=maps.content_hash(path),
         system_aliases=aliases,
+        site_files=tuple(dict.fromkeys(maps.site_files)),
     )
 
 
@@ -405,10 +365,14 @@ def system_aliases(systems: SystemsFile, path: Path) -> dict[str, str]:
     return out
 
 
-def _analytes_of_other_trials(mdir: Path) -> set[str]:
-    """Analyte names that trial files in `mdir/trials` define for themselves."""
+def _bands(layer: Layer[list[UlnBandModel]], origin: str) -> tuple[UlnBand, ...]:
+    return tuple(UlnBand(b.sex, b.age_min, b.age_max, b.uln, origin) for b in layer.model)
+
+
+def _analytes_of_other_trials(maps: Mappings) -> set[str]:
+    """Analyte names that trial files (bundled and site) define for themselves."""
     names: set[str] = set()
-    for path in sorted((mdir / "trials").glob("*.yaml")):
+    for path in sorted(p for d in maps.trial_dirs() for p in d.glob("*.yaml")):
         data, _ = mapfiles.read_yaml(path)
         if isinstance(data, dict) and isinstance(data.get("analytes"), dict):
             names.update(str(k) for k in data["analytes"])

@@ -123,7 +123,12 @@ def fmt(number: float) -> str:
 
 
 def lab_evidence(
-    lab: LabValue, as_of: date, *, threshold: str | None = None, uln_source: str | None = None
+    lab: LabValue,
+    as_of: date,
+    *,
+    threshold: str | None = None,
+    uln_source: str | None = None,
+    mapping_sources: tuple[str, ...] = (),
 ) -> Evidence:
     rec = lab.recorded
     norm = lab.normalised
@@ -146,4 +151,5 @@ def lab_evidence(
         threshold=threshold,
         uln_source=uln_source,
         note=note,
+        mapping_sources=lab.mapping_sources + mapping_sources,
     )

@@ -68,6 +68,8 @@ class Evidence:
     threshold: str | None = None
     uln_source: str | None = None
     note: str | None = None
+    #: the mapping file of each code, unit synonym, ULN and bound used (`what: file`)
+    mapping_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ Trial-spec, data rules and fine print: the ULN is the deciding Observation's own
 referenceRange.high, already normalised to the analyte's unit by the fact builder (a high with no
 unit took the value's unit there). Among several entries, the one whose appliesTo / age fits the
 patient, else the first with neither; an entry with no high passes to the next rule. An
-unconvertible high gives unknown. With no referenceRange high, the analyte's default ULN from the
-mappings is used and the evidence says so; with neither, unknown.
+unconvertible high gives unknown. With no referenceRange high, a site's ULN band for the patient's
+sex and age (issue 9) is used, else the analyte's default ULN from the mappings, and the evidence
+says which and from which file; with none, unknown.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from adapter.analytes import Analyte, UlnBand
 from adapter.criteria.context import Context
 from adapter.criteria.derived import clean, decide
 from adapter.criteria.kinds import Criterion, Op, completed_years
@@ -85,6 +87,36 @@ class Uln:
 
     value: float | None
     source: str
+    #: the mapping file of a default or band ULN; None for a referenceRange high
+    origin: str | None = None
+
+
+def site_band(analyte: Analyte, patient: PatientInfo, as_of: date) -> tuple[UlnBand | None, str]:
+    """The first of the analyte's ULN bands that fits the patient for certain, or why none is used.
+
+    Sex is `PatientInfo.sex`; age is in completed years at as-of. A partial birthDate whose span
+    puts the patient in different bands (or in one and in none) chooses none: the plain default.
+    """
+    if not analyte.uln_bands:
+        return None, ""
+    bands = [b for b in analyte.uln_bands if b.fits_sex(patient.sex)]
+    birth = patient.birth_date
+    if birth is None:
+        ageless = [b for b in bands if b.age_min is None and b.age_max is None]
+        if ageless:
+            return ageless[0], ""
+        return None, "no site ULN band fits: no birthDate"
+    youngest = completed_years(birth.last_day, as_of)
+    oldest = completed_years(birth.first_day, as_of)
+    ages = range(youngest, oldest + 1)
+    picks = {next((b for b in bands if b.fits_age(age)), None) for age in ages}
+    if len(picks) > 1:
+        span = f"{youngest}-{oldest}" if oldest > youngest else str(youngest)
+        return None, f"the partial birthDate (age {span}) straddles the edge of a site ULN band"
+    (band,) = picks
+    if band is None:
+        return None, f"no site ULN band fits sex {patient.sex or 'unknown'}, age {youngest}"
+    return band, ""
 
 
 def uln_of(lab: LabValue, ctx: Context) -> Uln:
@@ -102,11 +134,20 @@ def uln_of(lab: LabValue, ctx: Context) -> Uln:
         if lab.reference_ranges
         else "no referenceRange"
     )
-    if analyte is None or analyte.default_uln is None:
+    if analyte is None:
         return Uln(None, f"ULN unknown: {why} on {lab.reference} and no default ULN in mappings")
+    band, no_band = site_band(analyte, ctx.facts.patient, ctx.as_of)
+    if band is not None:
+        text = f"site ULN {fmt(band.uln)} {analyte.unit} for {band.text()} from {band.origin}"
+        return Uln(band.uln, f"{text} ({why})", band.origin or None)
+    why = f"{why}; {no_band}" if no_band else why
+    if analyte.default_uln is None:
+        return Uln(None, f"ULN unknown: {why} on {lab.reference} and no default ULN in mappings")
+    where = analyte.uln_origin or "mappings"
     return Uln(
         analyte.default_uln,
-        f"default ULN {fmt(analyte.default_uln)} {analyte.unit} from mappings ({why})",
+        f"default ULN {fmt(analyte.default_uln)} {analyte.unit} from {where} ({why})",
+        analyte.uln_origin,
     )
 
 
@@ -144,7 +185,12 @@ class UlnMultiple(Criterion):
             return CriterionResult(Result.UNKNOWN, uln.source, ev)
         limit = clean(self.multiple * uln.value)
         threshold = f"{base} ({fmt(limit)} {norm.unit})"
-        ev = (lab_evidence(lab, ctx.as_of, threshold=threshold, uln_source=uln.source),)
+        used = (f"ULN: {uln.origin}",) if uln.origin else ()
+        ev = (
+            lab_evidence(
+                lab, ctx.as_of, threshold=threshold, uln_source=uln.source, mapping_sources=used
+            ),
+        )
         return decide(norm, self.op, limit, threshold, ev)
 
 

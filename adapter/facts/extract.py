@@ -251,11 +251,14 @@ class FactBuilder:
             part_ranges = part.get("referenceRange")
             for coding, analyte, code_mass in matches:
                 recorded, normalised, problem = self._value(part, analyte, code_mass)
+                sources = _sources(analyte, coding, recorded, normalised)
                 implausible = False
                 if normalised is not None and not analyte.plausible(normalised.value):
                     # trial-spec v2: outside the bounds it is unusable, as if it had no value.
                     implausible, normalised = True, None
                     problem = f"implausible value (plausible: {analyte.plausible_text()})"
+                    if analyte.bounds_origin is not None:
+                        sources += (f"plausible bounds: {analyte.bounds_origin}",)
                 out.append(
                     LabValue(
                         analyte=analyte.id,
@@ -271,6 +274,7 @@ class FactBuilder:
                         value_codes=codings(part.get("valueCodeableConcept"), self._aliases),
                         issued=issued,
                         implausible=implausible,
+                        mapping_sources=sources,
                     )
                 )
         return out
@@ -364,7 +368,8 @@ class FactBuilder:
         )
         if isinstance(final, Unconvertible):
             return final
-        return Normalised(final, analyte.unit, rec.comparator, f"{step.via}, as {analyte.name}")
+        via = f"{step.via}, as {analyte.name}"
+        return Normalised(final, analyte.unit, rec.comparator, via, step.synonym_source)
 
     def _ranges(
         self, src: object, recorded: Recorded | None, analyte: Analyte, code_mass: float | None
@@ -422,6 +427,19 @@ class FactBuilder:
                 )
             )
         return tuple(out)
+
+
+def _sources(
+    analyte: Analyte, coding: Coding, recorded: Recorded | None, normalised: Normalised | None
+) -> tuple[str, ...]:
+    """The mapping files that read this value: its code's, and its unit synonym's."""
+    out: list[str] = []
+    origin = analyte.code_origins.get(coding)
+    if origin is not None:
+        out.append(f"code {coding.token()}: {origin}")
+    if normalised is not None and normalised.synonym_source is not None and recorded is not None:
+        out.append(f"unit '{recorded.unit}': {normalised.synonym_source}")
+    return tuple(out)
 
 
 def _has_value(part: Json) -> bool:

@@ -36,6 +36,8 @@ class Normalised:
     unit: str
     comparator: str | None = None
     via: str = ""
+    #: the mapping file of the unit synonym the unit text was read through, if any
+    synonym_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class LabValue:
     issued: FhirDate | None = None
     #: a value was recorded but is outside the analyte's plausibility bounds: as if it had none
     implausible: bool = False
+    #: which mapping file gave each code, unit synonym and bound used to read it
+    #: (`code http://loinc.org|1742-6: mappings/analytes.yaml`), for the evidence
+    mapping_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

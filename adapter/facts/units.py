@@ -33,7 +33,7 @@ from adapter.facts.model import Normalised
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-__all__ = ["UCUM_SYSTEM", "Unconvertible", "Units"]
+__all__ = ["UCUM_SYSTEM", "Unconvertible", "UnitReading", "Units"]
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
@@ -78,6 +78,14 @@ class Unconvertible:
     """Why a value could not be put in the unit asked for; names no more than the unit text."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnitReading:
+    """How a unit was read: the UCUM code, and `via` (the UCUM code, or unit text and synonym)."""
+
+    ucum: str
+    via: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +269,13 @@ class Units:
     ```
     """
 
-    def __init__(self, synonyms: Mapping[str, str]) -> None:
-        """`synonyms`: unit text -> UCUM code, already validated (use `load`)."""
+    def __init__(
+        self, synonyms: Mapping[str, str], origins: Mapping[str, str] | None = None
+    ) -> None:
+        """`synonyms`: unit text -> UCUM code, already validated (use `load`); `origins`: unit
+        text -> the mapping file that gave it (named in how a value was read)."""
         self._exact = {_key(text): ucum.strip() for text, ucum in synonyms.items()}
+        self._origins = {_key(text): origin for text, origin in (origins or {}).items()}
         folded: dict[str, str | None] = {}
         for text, ucum in self._exact.items():
             fold = text.casefold()
@@ -275,7 +287,18 @@ class Units:
     @classmethod
     def load(cls, synonyms_file: Path) -> Units:
         """Read and check `mappings/units.yaml`; a bad file raises MappingError naming the entry."""
-        return cls(_load_synonyms(synonyms_file))
+        return cls(load_synonyms(synonyms_file))
+
+    def synonym_origin(self, text: str) -> str | None:
+        """The mapping file of the synonym that `text` is read through, if any."""
+        key = _key(text)
+        if key in self._exact:
+            return self._origins.get(key)
+        fold = key.casefold()
+        if fold not in self._folded or isinstance(_ucum().parse(key), _Unit):
+            return None  # read as UCUM itself, as `_read` does before trying case-folded text
+        spelled = (s for s in self._exact if s.casefold() == fold and s in self._origins)
+        return self._origins.get(next(spelled, ""))
 
     def is_valid(self, ucum: str) -> bool:
         """Whether `ucum` is UCUM this module reads (not a known misreading like `K/uL`)."""
@@ -361,7 +384,18 @@ class Units:
         converted = _convert(value, source, target, shown, canonical, molar_mass)
         if isinstance(converted, Unconvertible):
             return converted
-        return Normalised(converted, canonical, comparator, via)
+        origin = self.synonym_origin(unit) if unit and via.startswith("unit text") else None
+        return Normalised(converted, canonical, comparator, via, origin)
+
+    def reads_as(
+        self, *, code: str | None, system: str | None, unit: str | None
+    ) -> UnitReading | Unconvertible | None:
+        """The UCUM a quantity's unit is read as, exactly as `normalise` reads it (the survey
+        reports it per unit spelling); why not; None when there is no unit at all."""
+        read = self._read(code, system, unit)
+        if read is None or isinstance(read, Unconvertible):
+            return read
+        return UnitReading(read[0], read[1])
 
     def _read(
         self, code: str | None, system: str | None, unit: str | None
@@ -433,7 +467,7 @@ def _convert(
     return _round(converted)
 
 
-def _load_synonyms(path: Path) -> dict[str, str]:
+def load_synonyms(path: Path) -> dict[str, str]:
     """unit text -> UCUM from a `synonyms:` mapping, every target checked."""
     file = str(path)
     try:

@@ -33,4 +33,13 @@ def explain_table(verdict: PatientVerdict, trial: str, as_of: date, *, in_cohort
     for row in (COLUMNS, *rows):
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
+    return "\n".join(lines + _mapping_sources(verdict))
+
+
+def _mapping_sources(verdict: PatientVerdict) -> list[str]:
+    """Which mapping file read each code, unit, ULN and bound used (site folders, issue 9)."""
+    out: list[str] = []
+    for cid, r in verdict.criteria.items():
+        used = dict.fromkeys(s for ev in r.evidence for s in ev.mapping_sources)
+        out += [f"  {cid}: {source}" for source in used]
+    return ["", "mapping files used:", *out] if out else []
