@@ -1,0 +1,144 @@
+"""Running a survey: the trials and mappings loaded, the source read into a tally, the outputs made.
+
+A folder is read whole (or up to `--sample` resources per type when given); a server is read by
+type-wide searches, 10,000 resources per type unless `--sample` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapter import site_mappings
+from adapter.config import ServerConfig
+from adapter.connect import fhir_client, is_url
+from adapter.errors import IncompleteInputError, MappingError
+from adapter.fhir.capability import read_capabilities
+from adapter.sources.base import Query
+from adapter.sources.files import FolderSource
+from adapter.sources.sample import DEFAULT_SAMPLE, TypeSample
+from adapter.survey.analyse import KnownSystems, Survey, analyse
+from adapter.survey.hints import Hint, load_hints
+from adapter.survey.outputs import Sample
+from adapter.survey.tally import CODED_TYPES, Tally
+from adapter.trials import Trial, load_trial
+
+Say = Callable[[str], None]
+SURVEYED = ("Observation", *CODED_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Mappings:
+    """What the survey judges a source against."""
+
+    trials: tuple[Trial, ...]
+    known: KnownSystems
+    hints: Mapping[str, Hint]
+
+
+def trial_names(mappings_dir: Path, site_dir: Path | None) -> list[str]:
+    """Every bundled trial id, then the site folder's own."""
+    folders = site_mappings.load_mappings(mappings_dir, site_dir).trial_dirs()
+    return [p.stem for folder in folders for p in sorted(folder.glob("*.yaml"))]
+
+
+def load_mappings(names: Sequence[str], mappings_dir: Path, site_dir: Path | None) -> Mappings:
+    """The trials named (every trial when empty), the known systems and the hints."""
+    chosen = list(names) or trial_names(mappings_dir, site_dir)
+    if not chosen:
+        raise MappingError(str(mappings_dir / "trials"), "no trial to survey")
+    trials = tuple(load_trial(name, mappings_dir, site_mappings=site_dir) for name in chosen)
+    analytes = {name for trial in trials for name in trial.analytes}
+    return Mappings(
+        trials, known_systems(mappings_dir, site_dir), load_hints(mappings_dir, site_dir, analytes)
+    )
+
+
+def known_systems(mappings_dir: Path, site_dir: Path | None) -> KnownSystems:
+    """URLs and other spellings of the systems the (merged) mappings declare, and URL -> name."""
+    merged = site_mappings.load_mappings(mappings_dir, site_dir)
+    urls: set[str] = set()
+    names: dict[str, str] = {}
+    for name, model in merged.systems.items():
+        for url in model.urls:
+            urls.add(url)
+            # A name for one URL alone wins (icd10cm over icd10, which has two URLs).
+            if url not in names or len(model.urls) == 1:
+                names[url] = name
+    for url, others in merged.equivalents.items():
+        urls.update((url, *others))
+        for other in others:
+            if url in names:
+                names.setdefault(other, names[url])
+    return KnownSystems(frozenset(urls), names)
+
+
+async def read_source(
+    source: str,
+    *,
+    config: ServerConfig,
+    env: Mapping[str, str],
+    sample: int | None,
+    say: Say,
+) -> tuple[Tally, dict[str, Sample]]:
+    """The tally of the source's Observations, Conditions and Procedures, and what was read."""
+    tally = Tally()
+    read: dict[str, Sample] = {}
+    if not is_url(source):
+        folder = FolderSource(Path(source))
+        ndjson = _ndjson_types(Path(source))
+        try:
+            for kind in SURVEYED:
+                count, complete = 0, True
+                try:
+                    async for resource in folder.fetch(Query(kind)):
+                        if sample is not None and count >= sample:
+                            complete = False
+                            break
+                        count += 1
+                        tally.add(resource)
+                except IncompleteInputError:
+                    # A sweep needs every type; a survey reports the one missing. Only when no
+                    # file of the type was there: a corrupt or empty file still fails.
+                    if count or kind in ndjson:
+                        raise
+                    say(f"{kind}: none in the folder")
+                read[kind] = Sample(count, sample, complete)
+                say(f"{kind}: {count:,} read")
+        finally:
+            await folder.aclose()
+        return tally, read
+    limit = sample or DEFAULT_SAMPLE
+    async with fhir_client(source, config, env=env) as client:
+        caps = await read_capabilities(client)
+        elements = caps.supports_elements and config.use_elements
+        say("_elements: " + ("honoured, asked for" if elements else "not used"))
+        reader = TypeSample(
+            client,
+            limit=limit,
+            page_size=config.page_size,
+            capabilities=caps if config.use_elements else None,
+        )
+        for kind in SURVEYED:
+            async for resource in reader.fetch(kind):
+                tally.add(resource)
+            read[kind] = Sample(reader.read.get(kind, 0), limit, reader.complete.get(kind, False))
+            say(f"{kind}: {read[kind].read:,} read" + ("" if read[kind].complete else " (limit)"))
+    return tally, read
+
+
+def _ndjson_types(folder: Path) -> set[str]:
+    """The resource types the folder's NDJSON files are named for."""
+    if not folder.is_dir():
+        return set()  # FolderSource says what is wrong
+    return {
+        p.name.split(".", 1)[0]
+        for p in folder.iterdir()
+        if p.name.endswith((".ndjson", ".ndjson.gz")) and not p.name.startswith(".")
+    }
+
+
+def survey(tally: Tally, mappings: Mappings) -> Survey:
+    """The analysis, with the first trial's units (every trial reads the same units.yaml)."""
+    return analyse(tally, mappings.trials, mappings.trials[0].units, mappings.hints, mappings.known)
