@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from adapter import __version__, terminology
+from adapter import __version__, logs, state, terminology
 from adapter.config import SiteConfig, load_site_config
 from adapter.connect import fhir_client, is_url, open_source
 from adapter.criteria.results import PatientVerdict, Status
@@ -27,17 +28,29 @@ from adapter.errors import (
     AdapterError,
     ExitCode,
     FhirError,
+    OutputError,
     PatientError,
+    TemporaryHttpError,
     TransportError,
     UsageError,
+    redact_url,
 )
 from adapter.fhir.capability import read_capabilities
 from adapter.fhir.client import ServerBase
 from adapter.report.explain import explain_table
-from adapter.report.results import results_json, unknown_summary, verdict_json, write_reports
+from adapter.report.files import check_writable_folder
+from adapter.report.results import (
+    UNCONFIRMED,
+    sweep_json,
+    unknown_summary,
+    verdict_json,
+    write_reports,
+)
 from adapter.sinks.folder import FolderSink
 from adapter.sinks.resources import StudyInfo, research_study, research_subject, trial_policy
 from adapter.sinks.server import ServerSink, SubjectInput
+from adapter.survey import outputs as survey_outputs
+from adapter.survey import run as survey_run
 from adapter.sweep import PatientFailure, SweepResult, run_sweep
 from adapter.trials import Trial, default_mappings_dir, load_trial
 
@@ -68,9 +81,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _log_options(p: argparse.ArgumentParser, *, default: Any = argparse.SUPPRESS) -> None:
+    """--log-level and --log-format, accepted before the command and after it."""
+    # SUPPRESS on the commands, so that their unset option never hides the global one.
+    p.add_argument(
+        "--log-level",
+        choices=tuple(logs.LEVELS),
+        default=default,
+        help="debug, info (default; warning with --quiet), warning or error",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if default is None else default,
+        help="text (default): time, level, run id, message; json: one object per line",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trial-adapter", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"trial-adapter {__version__}")
+    _log_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -79,11 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
         p.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
         p.add_argument(
+            "--site-mappings",
+            type=Path,
+            metavar="DIR",
+            help="site folder merged over the mappings (default: site_mappings in --config)",
+        )
+        p.add_argument(
             "--config",
             type=Path,
             help="site configuration (default $TRIAL_ADAPTER_CONFIG): auth, limits, query sizes",
         )
         p.add_argument("--timeout", type=float, help="seconds to wait for a server (default 60)")
+        _log_options(p)
 
     sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
     common(sweep)
@@ -96,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--batch-size", type=_positive, help="patients per server query")
     sweep.add_argument("--page-size", type=_positive, help="_count for server searches")
-    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="= --log-level warning")
+    sweep.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="locks (and later the run ledger); default $XDG_STATE_HOME/trial-adapter, else "
+        "~/.local/state/trial-adapter",
+    )
 
     explain = sub.add_parser("explain", help="print the criterion table of one patient")
     common(explain)
@@ -131,8 +176,67 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds to wait for the server (default 60)",
     )
+    _log_options(refresh)
     refresh.set_defaults(quiet=False)
+    _survey_parser(sub)
     return parser
+
+
+def _survey_parser(sub: Any) -> None:
+    survey = sub.add_parser(
+        "survey", help="which codes and units a source sends, and what the mappings read of them"
+    )
+    survey.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    survey.add_argument(
+        "--trial",
+        action="append",
+        metavar="T",
+        help="trial id or file, repeatable (default: every bundled and site trial)",
+    )
+    survey.add_argument(
+        "--sample",
+        type=_positive,
+        metavar="N",
+        help="resources read per type (default: 10,000 from a server, all of a folder)",
+    )
+    survey.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default out/survey/)"
+    )
+    survey.add_argument(
+        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
+    )
+    survey.add_argument(
+        "--site-mappings",
+        type=Path,
+        metavar="DIR",
+        help="site folder merged over the mappings (default: site_mappings in --config)",
+    )
+    survey.add_argument(
+        "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
+    )
+    survey.add_argument("--timeout", type=float, help="seconds to wait for a server (default 60)")
+    survey.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
+    _log_options(survey)
+
+
+async def _survey(args: argparse.Namespace) -> ExitCode:
+    """`survey`: the table on stdout, survey.json and the draft site-mappings.yaml in --out."""
+    site = _site(args)
+    mappings = survey_run.load_mappings(
+        args.trial or (),
+        args.mappings or default_mappings_dir(),
+        args.site_mappings or site.site_mappings,
+    )
+    tally, sample = await survey_run.read_source(
+        args.source, config=site.source, env=os.environ, sample=args.sample, say=_say(args)
+    )
+    result = survey_run.survey(tally, mappings)
+    label = redact_url(args.source) if is_url(args.source) else args.source
+    out_dir: Path = args.out or Path("out") / "survey"
+    paths = survey_outputs.write_outputs(out_dir, result, mappings.known, label, sample)
+    print(survey_outputs.table(result, sample))
+    print(f"\nwrote {paths[0]} and {paths[1]}")
+    return ExitCode.OK
 
 
 def _site(args: argparse.Namespace) -> SiteConfig:
@@ -143,9 +247,11 @@ def _site(args: argparse.Namespace) -> SiteConfig:
     if args.timeout is not None:
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
-        site = SiteConfig(
-            source=site.source.model_copy(update={"timeout": args.timeout}),
-            sink=site.sink.model_copy(update={"timeout": args.timeout}),
+        site = site.model_copy(
+            update={
+                "source": site.source.model_copy(update={"timeout": args.timeout}),
+                "sink": site.sink.model_copy(update={"timeout": args.timeout}),
+            }
         )
     return site
 
@@ -163,7 +269,7 @@ async def _codesets(args: argparse.Namespace) -> ExitCode:
             mappings_dir=args.mappings or default_mappings_dir(),
             site_mappings=args.site_mappings,
             only=args.only or (),
-            say=lambda m: print(m, file=sys.stderr),
+            say=lambda m: log.info("%s", m),
         )
     return ExitCode.OK
 
@@ -198,6 +304,10 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
     say = _say(args)
     site = _site(args)
     out_dir: Path = args.out or Path("out") / trial.id / as_of.isoformat()
+    # Every output place before the first request: not found after the whole sweep.
+    check_writable_folder(out_dir, "--out")
+    if args.sink and not is_url(args.sink):
+        check_writable_folder(Path(args.sink), "--sink")
     async with open_source(
         args.source,
         site.source,
@@ -207,18 +317,44 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
         page_size=args.page_size,
     ) as source:
         result = await run_sweep(trial, source, as_of, progress=say)
-    writes = await _write(args, site, trial, result, as_of, say)
-    doc = results_json(result, extra={"sink": args.sink and _sink_label(args.sink)})
-    for entry in doc["patients"]:
-        outcome = writes.get(entry["patient"])
-        if outcome is not None:
-            entry["research_subject"] = outcome
-    doc["errors"] = [{"patient": e.patient, "reason": e.reason} for e in result.errors]
-    if args.dry_run:
-        doc["planned_writes"] = result.planned_writes
-    write_reports(out_dir, doc, result.verdicts)
+    writes: dict[str, str] = {}
+    sinking = bool(args.sink) and not args.dry_run
+
+    def report(status: str | None, error: str | None = None) -> dict[str, Any]:
+        doc = sweep_json(
+            result,
+            sink=args.sink and _sink_label(args.sink),
+            writes=writes,
+            sink_status=status if sinking else None,
+            sink_error=error,
+            planned_writes=result.planned_writes if args.dry_run else None,
+        )
+        write_reports(out_dir, doc, result.verdicts)
+        return doc
+
+    # The results first, so a sink that fails cannot take them with it; rewritten after.
+    report("started")
+    try:
+        await _write(args, site, trial, result, as_of, say, writes)
+    except BaseException as exc:
+        if sinking:
+            try:
+                report("failed", _failure_line(exc))
+            except OutputError as again:
+                log.warning("results.json could not record the sink failure: %s", again)
+        raise
+    doc = report("complete")
     _print_summary(result, doc, out_dir, writes)
     return ExitCode.PARTIAL if result.errors else ExitCode.OK
+
+
+def _failure_line(exc: BaseException) -> str:
+    """The error's one line (adapter messages hold no patient data), for results.json."""
+    if isinstance(exc, AdapterError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return "interrupted"
+    return type(exc).__name__  # an unexpected error's text may hold values
 
 
 def _sink_label(sink: str) -> str:
@@ -232,11 +368,13 @@ async def _write(
     result: SweepResult,
     as_of: date,
     say: Callable[[str], None],
-) -> dict[str, str]:
-    """Write to the sink; patient -> what was done. Per-patient failures go to result.errors."""
+    writes: dict[str, str],
+) -> None:
+    """Write to the sink, filling `writes` (patient -> what was done) as it goes, so that a fatal
+    error leaves it saying what was done. Per-patient failures go to result.errors."""
     sink: str | None = args.sink
     if not sink:
-        return {}
+        return
     study = StudyInfo(trial.id, trial.study_system, trial.study_value, trial.title)
     flagged = [
         v for v in result.verdicts if v.status in (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
@@ -258,10 +396,16 @@ async def _write(
                 for s, v in zip(subjects, flagged, strict=True)
             ]
             say(f"dry run: would write {len(subjects)} ResearchSubjects to the sink folder")
-            return {v.patient: "would_write" for v in flagged}
-        FolderSink(Path(sink)).write(research_study(study), subjects)
+            writes.update((v.patient, "would_write") for v in flagged)
+            return
+        try:
+            FolderSink(Path(sink)).write(research_study(study), subjects)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise OutputError(f"{sink}: the sink folder could not be written ({why})") from exc
         say(f"wrote {len(subjects)} ResearchSubjects to the sink folder")
-        return {v.patient: "written" for v in flagged}
+        writes.update((v.patient, "written") for v in flagged)
+        return
     source: str = args.source
     async with fhir_client(sink, site.sink, env=os.environ) as client:
         server = ServerSink(
@@ -273,12 +417,11 @@ async def _write(
             source_base=source if is_url(source) else Path(source).resolve().as_uri(),
             dry_run=args.dry_run,
         )
-        writes = await _write_server(server, result, as_of, say)
+        await _write_server(server, result, as_of, say, writes)
     if args.dry_run:
         # The plan names patients: it goes to results.json (see _sweep), never to stderr.
         result.planned_writes = [dataclasses.asdict(p) for p in server.planned]
         say(f"dry run: {len(server.planned)} writes planned, none sent")
-    return writes
 
 
 #: Provenance.entity: the evidence types (trial-spec, 'What gets written')
@@ -302,10 +445,13 @@ def _same_server(source: str, sink: str) -> bool:
 
 
 async def _write_server(
-    server: ServerSink, result: SweepResult, as_of: date, say: Callable[[str], None]
-) -> dict[str, str]:
+    server: ServerSink,
+    result: SweepResult,
+    as_of: date,
+    say: Callable[[str], None],
+    writes: dict[str, str],
+) -> None:
     await server.prepare()
-    writes: dict[str, str] = {}
     for v in result.verdicts:
         pid = v.patient.split("/", 1)[1]
         try:
@@ -317,15 +463,24 @@ async def _write_server(
             subject = SubjectInput(
                 pid, v.status, _entities(v, result.versions), result.identifiers.get(v.patient)
             )
+            # Until the sink answers: a fatal error now leaves it unconfirmed in results.json.
+            writes[v.patient] = UNCONFIRMED
             writes[v.patient] = (await server.write_subject(subject, as_of)).value
         except TransportError:
             raise  # the server is gone: fatal, not one patient's problem
+        except TemporaryHttpError as exc:
+            # Retried for the whole budget: an outage (fatal) unless the server answers now.
+            if not await server.answers():
+                raise  # the write stays unconfirmed in results.json
+            writes.pop(v.patient, None)
+            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
         except PatientError as exc:
+            writes.pop(v.patient, None)
             result.errors.append(PatientFailure(v.patient, f"write failed: {exc.reason}"))
         except FhirError as exc:
+            writes.pop(v.patient, None)
             result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
     say(server.summary())
-    return writes
 
 
 def _print_summary(
@@ -349,30 +504,85 @@ def _print_summary(
     print("\n".join(lines))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, run, and turn every error into a one-line message and an exit code."""
-    logging.basicConfig(level=logging.INFO, format="trial-adapter: %(message)s", stream=sys.stderr)
-    # httpx logs every request URL at INFO, and search URLs carry patient ids (`patient=...`).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+def _early_log_options(argv: Sequence[str]) -> tuple[logs.LogFormat, int]:
+    """The log format and level from `argv` before it is parsed, so a bad argument's line has them.
+
+    Anything unreadable is left to the full parse, which says what is wrong.
+    """
+    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--log-format", choices=("text", "json"), default="text")
+    pre.add_argument("--log-level", choices=tuple(logs.LEVELS))
+    pre.add_argument("-q", "--quiet", action="store_true")
     try:
-        args = build_parser().parse_args(argv)
-        if args.quiet:
-            logging.getLogger().setLevel(logging.WARNING)
-        if args.command == "codesets":
-            code = asyncio.run(_codesets(args))
-        else:
-            as_of = args.as_of or date.today()
-            trial = load_trial(args.trial, args.mappings)
-            command = _explain if args.command == "explain" else _sweep
-            code = asyncio.run(command(args, trial, as_of))
-    except AdapterError as exc:
-        print(f"trial-adapter: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("trial-adapter: interrupted", file=sys.stderr)
-        return int(ExitCode.FATAL)
-    return int(code)
+        known, _ = pre.parse_known_args(argv)
+    except UsageError:
+        return "text", logging.INFO
+    return known.log_format, _level(known.log_level, quiet=known.quiet)
+
+
+def _level(name: str | None, *, quiet: bool) -> int:
+    """--log-level when given; else warning with --quiet (and for `explain`), else info."""
+    if name is not None:
+        return logs.LEVELS[name]
+    return logging.WARNING if quiet else logging.INFO
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    """--state-dir, else the site file's state_dir, else the XDG default; made 0700."""
+    chosen = args.state_dir or _site(args).state_dir
+    return state.prepare_state_dir(chosen or state.default_state_dir(os.environ, Path.home()))
+
+
+def _run_lock(args: argparse.Namespace, trial: Trial) -> contextlib.AbstractContextManager[Any]:
+    """The (trial, sink) lock of a sweep that writes to a sink; nothing for any other run.
+
+    Dry runs and runs without a sink write only their own report, so they neither take the lock
+    nor wait for it: a rehearsal never blocks the nightly run.
+    """
+    if args.command != "sweep" or not args.sink or args.dry_run:
+        return contextlib.nullcontext()
+    now = datetime.now().astimezone()
+    return state.sweep_lock(_state_dir(args), trial.id, state.sink_identity(args.sink), now=now)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, and turn every error into a one-line message and an exit code.
+
+    Every stderr line, the final error line included, goes through the one log handler
+    (adapter.logs), in the format asked for and with this run's id.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_id = logs.new_run_id()
+    fmt, level = _early_log_options(argv)
+    with logs.configured(level=level, fmt=fmt, run_id=run_id, stream=sys.stderr):
+        try:
+            args = build_parser().parse_args(argv)
+            args.run_id = run_id
+            level = _level(getattr(args, "log_level", None), quiet=args.quiet)
+            args.quiet = level > logging.INFO
+            logs.set_level(level)
+            if args.command == "codesets":
+                code = asyncio.run(_codesets(args))
+            elif args.command == "survey":
+                code = asyncio.run(_survey(args))
+            else:
+                as_of = args.as_of or date.today()
+                site_dir = args.site_mappings or _site(args).site_mappings
+                trial = load_trial(args.trial, args.mappings, site_mappings=site_dir)
+                command = _explain if args.command == "explain" else _sweep
+                with _run_lock(args, trial):
+                    code = asyncio.run(command(args, trial, as_of))
+        except AdapterError as exc:
+            log.error(
+                "error: %s",
+                exc,
+                extra={"error": type(exc).__name__, "exit_code": int(exc.exit_code)},
+            )
+            return int(exc.exit_code)
+        except KeyboardInterrupt:
+            log.error("interrupted", extra={"exit_code": int(ExitCode.FATAL)})
+            return int(ExitCode.FATAL)
+        return int(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

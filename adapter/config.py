@@ -39,8 +39,13 @@ class ServerConfig(BaseModel):
     timeout: float = Field(default=60.0, gt=0)
     max_concurrent: int = Field(default=4, ge=1)
     requests_per_second: float | None = Field(default=None, gt=0)
-    retry_attempts: int = Field(default=5, ge=1)
+    #: retries of temporary failures (408, 429, 5xx, no answer); attempts count the first one.
+    #: The defaults outlast a one-minute outage (adapter.fhir.limits.RetryPolicy).
+    retry_attempts: int = Field(default=10, ge=1)
+    #: the longest wait between attempts, Retry-After included
     retry_max_wait: float = Field(default=120.0, ge=0)
+    #: no retry starts later than this many seconds after a request's first attempt
+    retry_budget_seconds: float = Field(default=300.0, gt=0)
     batch_size: int = Field(default=100, ge=1)
     #: _count; servers cap it themselves (sekmet and HAPI at 1,000 / 500), and on a busy server
     #: each page costs about the same whatever it holds (bench/README.md)
@@ -61,7 +66,11 @@ class ServerConfig(BaseModel):
         )
 
     def retry(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.retry_attempts, max_wait=self.retry_max_wait)
+        return RetryPolicy(
+            attempts=self.retry_attempts,
+            max_wait=self.retry_max_wait,
+            timeout_total=self.retry_budget_seconds,
+        )
 
 
 class SiteConfig(BaseModel):
@@ -69,6 +78,12 @@ class SiteConfig(BaseModel):
 
     source: ServerConfig = ServerConfig()
     sink: ServerConfig = ServerConfig()
+    #: the state folder (locks); `--state-dir` overrides it, and without either the CLI uses
+    #: $XDG_STATE_HOME/trial-adapter or ~/.local/state/trial-adapter (adapter.state)
+    state_dir: Path | None = None
+    #: the site mappings folder merged over the bundled one (adapter.site_mappings);
+    #: `--site-mappings` overrides it
+    site_mappings: Path | None = None
 
 
 _FILE_KEYS = ("token_file", "password_file", "private_key_file")
@@ -91,6 +106,10 @@ def load_site_config(path: Path | None) -> SiteConfig:
                 for key in _FILE_KEYS:
                     if isinstance(auth.get(key), str):
                         auth[key] = str((path.parent / auth[key]).expanduser())
+        if isinstance(data.get("state_dir"), str):
+            data["state_dir"] = str(path.parent / Path(data["state_dir"]).expanduser())
+        if isinstance(data.get("site_mappings"), str):
+            data["site_mappings"] = str(path.parent / Path(data["site_mappings"]).expanduser())
     try:
         return mapfiles.validate(SiteConfig, data, path, lines)
     except MappingError:

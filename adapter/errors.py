@@ -1,15 +1,22 @@
-"""The adapter's one exception tree, and the process exit codes.
+"""The adapter's one exception tree, and the process exit codes of every command.
 
 ```
-AdapterError                      base of everything the adapter raises on purpose
-├── UsageError                    bad command-line arguments                       exit 2
-├── ConfigError                   bad configuration, trial or mapping file         exit 2
+AdapterError                      base of everything the adapter raises on purpose     exit 1
+├── UsageError                    bad command-line arguments                           exit 2
+│   └── StateDirError             a state folder that cannot be made or is not ours    exit 2
+├── ConfigError                   bad configuration, trial or mapping file             exit 2
 │   └── MappingError              a mapping or trial file fails its schema (file, line, field)
-├── SourcePathError               a source folder or file that cannot be read      exit 2
-├── FhirError                     talking to a FHIR server failed                  exit 1
-│   ├── TransportError            no HTTP answer: connection refused, timeout      (temporary)
+├── SourcePathError               a --source path that is not a folder                 exit 2
+├── IncompleteInputError          the source lacks what the sweep needs: an empty      exit 1
+│                                 folder, a needed type's file absent, empty or
+│                                 unreadable, a corrupt line; no sink is written
+├── OutputError                   a report or sink folder that failed mid-write        exit 1
+├── LockHeldError                 another sweep of the same trial into the same sink   exit 1
+├── FhirError                     talking to a FHIR server failed                      exit 1
+│   ├── TransportError            no HTTP answer: connection refused, timeout          (temporary)
+│   ├── CertificateError          the server's TLS certificate was refused             (final)
 │   ├── HttpStatusError           an HTTP error status, with URL and OperationOutcome text
-│   │   └── TemporaryHttpError    408, 429, 500, 502, 503, 504                     (temporary)
+│   │   └── TemporaryHttpError    408, 429, 500, 502, 503, 504                         (temporary)
 │   ├── UntrustedUrlError         a link, redirect or file URL outside the configured server
 │   └── InvalidResponseError      a body that is not the FHIR JSON asked for
 └── PatientError                  one patient could not be evaluated or written: the sweep
@@ -19,9 +26,20 @@ AdapterError                      base of everything the adapter raises on purpo
 Messages never hold patient identifiers or values, and URLs in them never carry a query string
 (search parameters can hold patient ids): use `redact_url`.
 
-Exit codes (`ExitCode`): 0 the sweep completed (unknown verdicts never change it); 1 fatal; 2 bad
-arguments, configuration, trial file or unreadable path; 3 completed, but some patients could not be
-evaluated or written.
+Exit codes (`ExitCode`), the one table for every command (`sweep`, `explain`, `codesets`, and
+those to come):
+
+| code | meaning |
+|---|---|
+| 0 | done (unknown verdicts never change it) |
+| 1 | fatal: server unreachable, failed search, refused link or certificate, incomplete input, a |
+|   | sweep of the same trial into the same sink already running, a sink failed mid-write, |
+|   | interrupted |
+| 2 | bad arguments (a `--source` that is not a folder, an `--out` or folder `--sink` that cannot |
+|   | be written), configuration, trial or mapping file, unusable state folder |
+| 3 | done, but some patients could not be evaluated or written (listed under `errors`) |
+
+`cli.main` is the one place that turns these errors into a one-line message and the exit code.
 """
 
 from __future__ import annotations
@@ -63,6 +81,10 @@ class UsageError(AdapterError):
     exit_code = ExitCode.USAGE
 
 
+class StateDirError(UsageError):
+    """A state folder that cannot be created, is not a folder, or belongs to another user."""
+
+
 class ConfigError(AdapterError):
     """Bad configuration, trial or mapping file."""
 
@@ -83,9 +105,29 @@ class MappingError(ConfigError):
 
 
 class SourcePathError(AdapterError):
-    """A source folder or file that cannot be read."""
+    """A `--source` path that is not a folder that can be listed."""
 
     exit_code = ExitCode.USAGE
+
+
+class IncompleteInputError(AdapterError):
+    """The source lacks what the sweep needs: deciding on part of the data would flag patients
+    whose missing data would rule them out (issue 10, item 2), so the run stops before any write.
+    """
+
+
+class OutputError(AdapterError):
+    """A report file or a sink folder that could not be written once the sweep had run."""
+
+
+class LockHeldError(AdapterError):
+    """Another live process sweeps the same trial into the same sink; the message says which."""
+
+    def __init__(self, trial: str, sink: str, holder: str) -> None:
+        self.trial = trial
+        self.sink = sink
+        self.holder = holder
+        super().__init__(f"another sweep of {trial} into {sink} is running ({holder})")
 
 
 class FhirError(AdapterError):
@@ -102,6 +144,13 @@ class TransportError(FhirError):
     """No HTTP answer: connection refused, DNS failure, timeout."""
 
     temporary = True
+
+
+class CertificateError(FhirError):
+    """The server's TLS certificate was refused (expired, wrong host, unknown issuer).
+
+    Not temporary: retrying would only repeat it, and a nightly job must say so at once.
+    """
 
 
 class HttpStatusError(FhirError):

@@ -42,6 +42,8 @@ class SweepResult:
     stats: Counter[str] = field(default_factory=Counter)
     unusable: Counter[str] = field(default_factory=Counter)
     outside_cohort: list[str] = field(default_factory=list)
+    #: per type, resources left out because their subject is another server's patient
+    foreign: Counter[str] = field(default_factory=Counter)
     #: Patient reference -> its first identifier (system, value): logical references in sinks
     identifiers: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: reference -> versioned reference (`Observation/1/_history/3`) of each fact with a version
@@ -115,6 +117,7 @@ async def run_sweep(
     ids = set(only) if only is not None else await cohort_ids(trial, source, as_of, stats)
     say(f"cohort: {len(ids)} patients")
     if not ids:
+        _note_foreign(result, source)
         return result
     wanted = frozenset(ids)
 
@@ -209,4 +212,17 @@ async def run_sweep(
         for ref, version in versioned:
             if version:
                 result.versions[ref] = f"{ref}/_history/{version}"
+    _note_foreign(result, source)
     return result
+
+
+def _note_foreign(result: SweepResult, source: Source) -> None:
+    """Report the resources the source left out as another server's patients' (counts only)."""
+    result.foreign.update(source.foreign)
+    total = sum(result.foreign.values())
+    if total:
+        log.warning(
+            "left out %d resources whose subject is another server's patient "
+            "(an absolute reference outside the source; see stats.foreign_subjects)",
+            total,
+        )

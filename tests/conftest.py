@@ -17,6 +17,19 @@ def instant_retries() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """XDG_STATE_HOME in a temporary folder, so no run (nor a CLI it starts) touches ~/.local."""
+    home = tmp_path_factory.mktemp("state-home")
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    yield home
+    if saved is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """`<shared>/data`: TRIAL_ADAPTER_SHARED, or `../shared` beside the checkout.

@@ -24,7 +24,7 @@ def test_no_file_means_defaults():
     sizes = (site.source.max_concurrent, site.source.batch_size, site.source.page_size)
     assert sizes == (4, 100, 1000)
     assert site.source.limits().max_concurrent == 4
-    assert site.source.retry().attempts == 5
+    assert (site.source.retry().attempts, site.source.retry().timeout_total) == (10, 300.0)
 
 
 def test_a_full_file_is_read_and_relative_secret_files_are_next_to_it(tmp_path):

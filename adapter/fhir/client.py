@@ -9,8 +9,12 @@ idempotent, and every exchange waits for a slot of the `Limiter`. Every failure 
 
 from __future__ import annotations
 
+import logging
+import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -21,6 +25,7 @@ import stamina
 
 from adapter.errors import (
     TEMPORARY_STATUSES,
+    CertificateError,
     ConfigError,
     FhirError,
     HttpStatusError,
@@ -31,12 +36,15 @@ from adapter.errors import (
     redact_url,
 )
 from adapter.fhir.limits import (
+    Clock,
     Limiter,
     Limits,
     RetryPolicy,
     response_date,
     retry_after_seconds,
 )
+
+log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
@@ -214,6 +222,11 @@ def is_idempotent(method: str, url: str, headers: Mapping[str, str] | None = Non
     return parsed is not None and parsed.segments[-1:] == ("_search",)
 
 
+#: asked before retrying a write whose answer was lost: the server's answer for what it holds
+#: when the write was applied, else None (then the write is sent again)
+Applied = Callable[[], Awaitable[httpx.Response | None]]
+
+
 class _RetryLater(Exception):
     """A temporary failure of one attempt, a signal to stamina that never leaves FhirClient.
 
@@ -226,11 +239,42 @@ class _RetryLater(Exception):
         self.wait = wait
 
 
-def _backoff(exc: Exception) -> bool | float:
-    """stamina's backoff hook: retry only temporary failures, after Retry-After when given."""
-    if not isinstance(exc, _RetryLater):
-        return False
-    return True if exc.wait is None else exc.wait
+def retry_reason(error: FhirError) -> str:
+    """Why an attempt failed, for the retry log line: `HTTP 503`, or the transport error class."""
+    if isinstance(error, HttpStatusError):
+        return f"HTTP {error.status}"
+    cause = error.__cause__
+    return type(cause).__name__ if cause is not None else type(error).__name__
+
+
+def transport_error(exc: httpx.TransportError, what: str, url: str) -> FhirError:
+    """The FhirError for an httpx transport failure talking to `what` (`the FHIR server`).
+
+    A refused TLS certificate is a CertificateError, which is never retried: it will not pass
+    by itself, and a nightly job should say so at once rather than after the retry budget.
+    """
+    refused = _refused_certificate(exc)
+    if refused is not None:
+        return CertificateError(
+            f"the TLS certificate of {what} was refused: "
+            f"{getattr(refused, 'verify_message', None) or refused}",
+            url=url,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"{what} did not answer in time", url=url)
+    return TransportError(f"no answer from {what}: {type(exc).__name__}", url=url)
+
+
+def _refused_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        # httpx raises from httpcore's error, which is raised from the ssl module's.
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class FhirClient:
@@ -250,12 +294,17 @@ class FhirClient:
         extra_trusted_origins: Iterable[str] = (),
         retry: RetryPolicy | None = None,
         limits: Limits | Limiter | None = None,
+        clock: Clock = time.monotonic,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.http = http
         self.base = base if isinstance(base, ServerBase) else ServerBase.parse(base)
         self._origins = frozenset(_origin(o) for o in extra_trusted_origins)
         self.retry = retry or RetryPolicy()
         self.limiter = limits if isinstance(limits, Limiter) else Limiter(limits)
+        # The retry budget is measured on `clock`; tests give a simulated one.
+        self._clock = clock
+        self._jitter = jitter
 
     def is_trusted(self, url: str | httpx.URL) -> bool:
         """Whether this client may send a request (and its credentials) to `url`."""
@@ -293,6 +342,22 @@ class FhirClient:
         response = await self._send("POST", url, content=body, headers={"Content-Type": FORM})
         return _json_object(response)
 
+    def log_path(self, url: str) -> str:
+        """A URL as logs show it: the path without query, resource ids and versions replaced.
+
+        Queries carry patient ids (`patient=...`), and an id such as `ta-7710...` maps back to
+        its patient (issue 11): `/fhir/ResearchSubject/{id}/_history/{vid}`, `/fhir/Patient`.
+        """
+        parsed = _parse(url)
+        if parsed is None or parsed.segments[: len(self.base.segments)] != self.base.segments:
+            return "/{other}"  # a trusted origin's file URL: nothing of it is logged
+        rest = list(parsed.segments[len(self.base.segments) :])
+        shown = []
+        for i, part in enumerate(rest):
+            keep = i == 0 or part.startswith(("$", "_")) or (i == 2 and rest[1] == "_history")
+            shown.append(part if keep and i != 3 else ("{vid}" if i == 3 else "{id}"))
+        return "/" + "/".join((*self.base.segments, *shown))
+
     async def request(
         self,
         method: str,
@@ -301,10 +366,13 @@ class FhirClient:
         json: object = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        applied: Applied | None = None,
     ) -> httpx.Response:
         """Any request (for sinks); `json` is sent as FHIR JSON. Error statuses raise.
 
         Temporary failures are retried when `idempotent`; None decides by `is_idempotent`.
+        `applied` is asked before a retry that follows a lost answer (no HTTP answer: the
+        server may have applied the write): the response it returns stands for the write's.
         """
         extra = dict(headers or {})
         content = None
@@ -314,7 +382,9 @@ class FhirClient:
         target = self.url(url)
         if idempotent is None:
             idempotent = is_idempotent(method, target, extra)
-        return await self._send(method, target, content=content, headers=extra, retry=idempotent)
+        return await self._send(
+            method, target, content=content, headers=extra, retry=idempotent, applied=applied
+        )
 
     async def _send(
         self,
@@ -324,23 +394,52 @@ class FhirClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         retry: bool = True,
+        applied: Applied | None = None,
     ) -> httpx.Response:
-        """The exchange, with retries of temporary failures when `retry`; the last error raises."""
+        """The exchange, with retries of temporary failures when `retry`; the last error raises.
+
+        stamina runs the loop (and its test mode makes the waits instant); the waits and the
+        budget are the policy's, decided in `backoff`, which logs each retry at warning.
+        """
         plain = dict(headers or {})
         policy = self.retry
+        started = self._clock()
+        failed = 0
+        lost = False
+
+        def backoff(exc: Exception) -> bool | float:
+            nonlocal failed
+            if not isinstance(exc, _RetryLater):
+                return False
+            failed += 1
+            elapsed = self._clock() - started
+            wait = policy.next_wait(failed, elapsed, retry_after=exc.wait, jitter=self._jitter())
+            if wait is None:
+                return False
+            _log_retry(method, self.log_path(url), exc.error, failed, policy.attempts, wait)
+            return wait
+
         try:
             if not retry or policy.attempts == 1:
                 return await self._exchange(method, url, content, plain)
             async for attempt in stamina.retry_context(
-                on=_backoff,
+                on=backoff,
                 attempts=policy.attempts,
-                timeout=policy.timeout_total,
+                timeout=None,  # the budget is policy.timeout_total, checked in backoff
                 wait_initial=policy.wait_initial,
                 wait_max=policy.max_wait,
                 wait_jitter=policy.wait_jitter,
             ):
                 with attempt:
-                    return await self._exchange(method, url, content, plain)
+                    if lost and applied is not None:
+                        found = await applied()
+                        if found is not None:
+                            return found
+                    try:
+                        return await self._exchange(method, url, content, plain)
+                    except _RetryLater as exc:
+                        lost = isinstance(exc.error, TransportError)
+                        raise
         except _RetryLater as exc:
             raise exc.error from exc.error.__cause__
         raise AssertionError("unreachable: stamina either returns or raises")
@@ -400,14 +499,34 @@ class FhirClient:
             # Not streamed: the body is read inside the slot, so a slot is one whole exchange.
             async with self.limiter.slot():
                 return await self.http.send(request, follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            raise TransportError("the FHIR server did not answer in time", url=url) from exc
         except httpx.TransportError as exc:
-            raise TransportError(
-                f"no answer from the FHIR server: {type(exc).__name__}", url=url
-            ) from exc
+            raise transport_error(exc, "the FHIR server", url) from exc
         except httpx.DecodingError as exc:
             raise InvalidResponseError("response body could not be decoded", url=url) from exc
+
+
+def _log_retry(
+    method: str, path: str, error: FhirError, failed: int, attempts: int, wait: float
+) -> None:
+    reason = retry_reason(error)
+    log.warning(
+        "%s %s: %s on attempt %d of %d, retrying in %.1f s",
+        method,
+        path,
+        reason,
+        failed,
+        attempts,
+        wait,
+        extra={
+            "event": "retry",
+            "method": method,
+            "path": path,
+            "reason": reason,
+            "attempt": failed,
+            "attempts": attempts,
+            "wait": round(wait, 3),
+        },
+    )
 
 
 def _status_error(response: httpx.Response, url: str) -> HttpStatusError | None:

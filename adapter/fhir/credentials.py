@@ -36,10 +36,15 @@ from adapter.errors import (
     HttpStatusError,
     InvalidResponseError,
     TemporaryHttpError,
-    TransportError,
     redact_url,
 )
-from adapter.fhir.client import OUTCOME_LIMIT, ServerBase, is_trusted, outcome_text
+from adapter.fhir.client import (
+    OUTCOME_LIMIT,
+    ServerBase,
+    is_trusted,
+    outcome_text,
+    transport_error,
+)
 
 # The logger keeps the name it had before the flows moved out of auth.py.
 log = logging.getLogger("adapter.fhir.auth")
@@ -304,10 +309,8 @@ class SmartBackendAuth(_ServerAuth):
         # auth=None: the token and discovery requests must not re-enter this auth flow.
         try:
             return await self._http.send(request, auth=None, follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            raise TransportError(f"{what} did not answer in time", url=url) from exc
         except httpx.TransportError as exc:
-            raise TransportError(f"no answer from {what}: {type(exc).__name__}", url=url) from exc
+            raise transport_error(exc, what, url) from exc
 
 
 def _require_listed(body: Mapping[str, object], key: str, value: str, url: str) -> None:

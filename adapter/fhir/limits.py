@@ -97,13 +97,18 @@ class RetryPolicy:
 
     `attempts` counts the first one (1: no retries). Waits grow exponentially from `wait_initial`
     with up to `wait_jitter` seconds of random jitter; a `Retry-After` from the server replaces
-    that wait. No wait is longer than `max_wait`, and no retry is scheduled once `timeout_total`
-    seconds have passed since the first attempt (None: no such limit).
+    that wait. No wait is longer than `max_wait`, and no retry is scheduled that would start
+    more than `timeout_total` seconds (the retry budget) after the first attempt (None: no
+    such limit).
+
+    The defaults outlast a server that is gone for a few minutes: waits of 1, 2, 4, ... 64 s and
+    then 120 s, up to 10 attempts within 300 s, so a one-minute outage costs one more attempt
+    after it ends (tests/fhir/test_retries.py proves it on a simulated clock).
     """
 
-    attempts: int = 5
+    attempts: int = 10
     max_wait: float = 120.0
-    timeout_total: float | None = 600.0
+    timeout_total: float | None = 300.0
     wait_initial: float = 1.0
     wait_jitter: float = 1.0
 
@@ -118,6 +123,28 @@ class RetryPolicy:
     def capped(self, seconds: float) -> float:
         """A wait the server asked for, within 0 and `max_wait`."""
         return min(max(seconds, 0.0), self.max_wait)
+
+    def backoff(self, failed: int, jitter: float) -> float:
+        """The wait after the `failed`-th failed attempt (1-based); `jitter` is in [0, 1)."""
+        try:
+            wait = self.wait_initial * 2.0 ** (failed - 1)
+        except OverflowError:  # pragma: no cover - needs over a thousand attempts
+            wait = self.max_wait
+        return self.capped(wait + jitter * self.wait_jitter)
+
+    def next_wait(
+        self, failed: int, elapsed: float, *, retry_after: float | None, jitter: float
+    ) -> float | None:
+        """The wait before the next attempt, or None when attempts or budget are spent.
+
+        `failed` attempts have failed `elapsed` seconds after the first one started.
+        """
+        if failed >= self.attempts:
+            return None
+        wait = self.capped(retry_after) if retry_after is not None else self.backoff(failed, jitter)
+        if self.timeout_total is not None and elapsed + wait > self.timeout_total:
+            return None
+        return wait
 
 
 NO_RETRIES = RetryPolicy(attempts=1)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapter.criteria.results import CriterionResult, Evidence, PatientVerdict, Result, Status
+from adapter.errors import OutputError
 from adapter.report.files import write_private
 from adapter.sweep import SweepResult
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: `research_subject` of a patient whose write was under way when the sink failed: it may or may
+#: not have reached the sink (the next run finds out, and writes what is missing).
+UNCONFIRMED = "unconfirmed"
+#: `research_subject` of a patient that was to be written when the sink failed, and was not.
+NOT_WRITTEN = "not_written"
+_FLAGGED = (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
 
 
 def evidence_json(ev: Evidence) -> dict[str, Any]:
@@ -28,6 +39,7 @@ def evidence_json(ev: Evidence) -> dict[str, Any]:
         "threshold": ev.threshold,
         "uln_source": ev.uln_source,
         "note": ev.note,
+        "mapping_sources": list(ev.mapping_sources),
     }
 
 
@@ -56,6 +68,7 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "trial_definition": {
             "file": sweep.trial.source_file.name,
             "sha256": sweep.trial.content_hash,
+            "site_files": [str(f) for f in sweep.trial.site_files],
         },
         "as_of": sweep.as_of.isoformat(),
         "counts": counts,
@@ -64,10 +77,49 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "stats": {
             "read": dict(sorted(sweep.stats.items())),
             "unusable_observations": dict(sorted(sweep.unusable.items())),
+            "foreign_subjects": dict(sorted(sweep.foreign.items())),
         },
     }
     if extra:
         doc.update(extra)
+    return doc
+
+
+def sweep_json(
+    sweep: SweepResult,
+    *,
+    sink: str | None,
+    writes: Mapping[str, str],
+    sink_status: str | None = None,
+    sink_error: str | None = None,
+    planned_writes: list[dict[str, str | None]] | None = None,
+) -> dict[str, Any]:
+    """results.json of a sweep: `results_json` with each patient's sink outcome (`writes`).
+
+    With `sink_status` (`started`, written before the first sink write; `complete`; `failed`),
+    `sink_writes` says which flagged patients' ResearchSubjects the sink holds (`written`: their
+    outcome is under the patient), which it may hold (`unconfirmed`) and which it does not
+    (`not_written`), and the fatal error's line.
+    """
+    doc = results_json(sweep, extra={"sink": sink})
+    failed = sink_status == "failed"
+    for entry in doc["patients"]:
+        outcome = writes.get(entry["patient"])
+        if outcome is None and failed and entry["status"] in {s.value for s in _FLAGGED}:
+            outcome = NOT_WRITTEN
+        if outcome is not None:
+            entry["research_subject"] = outcome
+    if sink_status is not None:
+        flagged = [v.patient for v in sweep.verdicts if v.status in _FLAGGED]
+        doc["sink_writes"] = {
+            "status": sink_status,
+            "error": sink_error,
+            "written": [p for p in flagged if p in writes and writes[p] != UNCONFIRMED],
+            "unconfirmed": [p for p in flagged if writes.get(p) == UNCONFIRMED],
+            "not_written": [p for p in flagged if p not in writes],
+        }
+    if planned_writes is not None:
+        doc["planned_writes"] = planned_writes
     return doc
 
 
@@ -116,8 +168,14 @@ def candidates_csv(verdicts: list[PatientVerdict]) -> str:
 
 
 def write_reports(out_dir: Path, doc: dict[str, Any], verdicts: list[PatientVerdict]) -> None:
-    write_private(out_dir / "results.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    write_private(out_dir / "candidates.csv", candidates_csv(verdicts).encode())
+    """results.json and candidates.csv, each replaced atomically; OutputError if they cannot be."""
+    try:
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
+        write_private(out_dir / "results.json", data)
+        write_private(out_dir / "candidates.csv", candidates_csv(verdicts).encode())
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise OutputError(f"{out_dir}: the report could not be written ({why})") from exc
 
 
 def unknown_summary(verdicts: list[PatientVerdict]) -> dict[str, int]:

@@ -37,6 +37,7 @@ from adapter.errors import (
     HttpStatusError,
     InvalidResponseError,
     PatientError,
+    TemporaryHttpError,
     TransportError,
 )
 from adapter.fhir.capability import WritePath
@@ -154,6 +155,20 @@ class ServerSink:
             "Device", (resources.DEVICE_SYSTEM, resources.DEVICE_VALUE), resources.device()
         )
         self._device_ref = f"Device/{device_id}"
+
+    async def answers(self) -> bool:
+        """Whether the server answers at all now: one read of its CapabilityStatement, no retry.
+
+        After a write's temporary failure outlasted the retry budget, this tells one patient's
+        problem from an outage, in which every later write would spend a whole budget in vain.
+        """
+        try:
+            await self._client.request("GET", "metadata", idempotent=False)
+        except (TransportError, TemporaryHttpError):
+            return False
+        except FhirError:
+            return True  # it answered, if not as hoped: not an outage
+        return True
 
     async def existing_status(self, patient_id: str) -> str | None:
         """The status of the patient's ResearchSubject on the server; None when there is none."""
@@ -281,7 +296,7 @@ class ServerSink:
             self._plan("PUT", "ResearchSubject", reason, subject, resource_id=body["id"])
             if self.dry_run:
                 return None
-            return written(await self._put("ResearchSubject", body["id"], body), "ResearchSubject")
+            return await self._put_new_subject(body)
         condition = resources.identifier_condition(
             *resources.subject_identifier(self._study.trial_id, subject.patient_id)
         )
@@ -307,6 +322,33 @@ class ServerSink:
                 "left for the next run",
             )
         return written(response, "ResearchSubject")
+
+    async def _put_new_subject(self, body: JsonDict) -> tuple[str, str | None]:
+        """PUT a new subject at its fixed id, never retried blindly.
+
+        A PUT whose answer was lost may have been applied: a blind retry would store a second,
+        identical version, and the first, the adapter's own creation, would have no Provenance
+        (issue 10). Before such a retry the id is read: our subject there is the write done.
+        """
+        kind, resource_id = "ResearchSubject", str(body["id"])
+
+        async def applied() -> httpx.Response | None:
+            try:
+                response = await self._client.request("GET", f"{kind}/{resource_id}")
+            except HttpStatusError as exc:
+                if exc.status in (_NOT_FOUND, _GONE):
+                    return None
+                raise
+            found = returned_resource(response, kind)
+            ours = found is not None and resources.is_same_subject(
+                found, resources.without_id(body)
+            )
+            return response if ours else None
+
+        response = await self._client.request(
+            "PUT", f"{kind}/{resource_id}", json=body, applied=applied
+        )
+        return written(response, kind)
 
     async def _created_by_us(self, response: httpx.Response, sent: JsonDict) -> bool:
         """Whether the subject a conditional create answered 200 with is the one we sent.

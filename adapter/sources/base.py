@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,31 +28,81 @@ class Query:
 
 
 class Source(Protocol):
-    """A place resources come from. Implementations: FolderSource, RestSource."""
+    """A place resources come from. Implementations: FolderSource, RestSource.
+
+    `foreign` counts, per type, the resources left out because their subject is another server's
+    patient (`is_foreign`): they never count as a local patient's.
+    """
+
+    foreign: Counter[str]
 
     def fetch(self, query: Query) -> AsyncIterator[Resource]:
-        """Resources of `query.resource_type` for `query.patients`, references made relative."""
+        """Resources of `query.resource_type` for `query.patients`, references made relative.
+
+        A type the source lacks, or a search that fails, raises: it is never an empty answer.
+        """
         ...
 
     async def aclose(self) -> None: ...
 
 
 def patient_id_of(resource: Resource) -> str | None:
-    """The Patient id a resource belongs to: its own id for a Patient, else subject/patient."""
+    """The local Patient id a resource belongs to: its own id for a Patient, else subject/patient.
+
+    Only a relative reference (`Patient/123`, `Patient/123/_history/2`) is a local patient's:
+    sources make references under their own base relative, so an absolute one left is another
+    server's (`http://other.example/fhir/Patient/123` is not local `123`).
+    """
     if resource.get("resourceType") == "Patient":
         rid = resource.get("id")
         return rid if isinstance(rid, str) else None
+    text = _subject_reference(resource)
+    if text is None or _ABSOLUTE.match(text):
+        return None
+    return _patient_id_from_reference(text)
+
+
+def is_foreign(resource: Resource) -> bool:
+    """Whether the resource's subject is another server's patient: an absolute reference (one
+    the source did not make relative) to a `.../Patient/<id>`."""
+    if resource.get("resourceType") == "Patient":
+        return False
+    text = _subject_reference(resource)
+    return (
+        text is not None
+        and _ABSOLUTE.match(text) is not None
+        and _patient_id_from_reference(text) is not None
+    )
+
+
+def count_foreign(counts: Counter[str], seen: set[tuple[str, str]], resource: Resource) -> None:
+    """Count a resource left out as another server's patient's once per type and id, however
+    many fetches meet it (the cohort's Conditions are fetched again per patient)."""
+    kind = str(resource.get("resourceType"))
+    rid = resource.get("id")
+    if isinstance(rid, str):
+        if (kind, rid) in seen:
+            return
+        seen.add((kind, rid))
+    counts[kind] += 1
+
+
+# RFC 3986 scheme: `http:`, `https:`, `urn:`.
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def _subject_reference(resource: Resource) -> str | None:
     for key in ("subject", "patient"):
         ref = resource.get(key)
         if isinstance(ref, dict):
             text = ref.get("reference")
             if isinstance(text, str):
-                return _patient_id_from_reference(text)
+                return text
     return None
 
 
 def _patient_id_from_reference(text: str) -> str | None:
-    # Relative `Patient/123`, absolute `http://x/fhir/Patient/123`, or with `/_history/2`.
+    # `Patient/123` or `Patient/123/_history/2`; in an absolute URL, its `.../Patient/123` part.
     parts = text.split("/")
     for i in range(len(parts) - 1):
         if parts[i] == "Patient" and parts[i + 1]:

@@ -11,9 +11,14 @@ ignored:
   transaction. Each file is read whole: in practice they hold one patient each.
 
 `fetch` filters by `Query.patients` but never by `Query.codes`: the sweep re-checks every code on
-the client, and a source may return more than the codes match. A line that is not JSON means a
-corrupt export, so it fails the sweep with `SourcePathError` (file and line, never the content)
-rather than silently leaving out a patient's data.
+the client, and a source may return more than the codes match. Resources whose subject is another
+server's patient (an absolute reference that no Bundle entry resolves) are left out and counted.
+
+Incomplete input fails the fetch with `IncompleteInputError` rather than answering with fewer
+resources, since a patient whose data is missing can look eligible (issue 10): a folder without
+FHIR files; a type fetched that no file holds (no `<Type>*.ndjson` file, and none in the JSON
+files); an NDJSON file of the type that holds none (empty); a file that cannot be read, corrupt
+gzip, and a line that is not JSON (file and line, never the content).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 import orjson
 
-from adapter.errors import SourcePathError
-from adapter.sources.base import Query, Resource, patient_id_of
+from adapter.errors import IncompleteInputError, SourcePathError
+from adapter.sources.base import Query, Resource, count_foreign, is_foreign, patient_id_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,6 +47,7 @@ _LINES_PER_TURN = 1000
 # gzip's own 8 KiB reads make line iteration about a third slower than 1 MiB ones.
 _BUFFER = 1 << 20
 _BOM = b"\xef\xbb\xbf"
+_QUOTE = ord('"')
 # The FHIR R4 `id` datatype; the bytes pre-check below is exact only for ids of this form.
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -61,7 +67,9 @@ class FolderSource:
 
     `yielded` counts resources handed out per type; `skipped` counts lines and Bundle entries left
     out, per file and reason; `other_patients` counts, per type, the NDJSON lines left out because
-    they belong to patients the query did not ask for. All add up over every `fetch`.
+    they belong to patients the query did not ask for; `foreign`, per type, the resources left out
+    because their subject is another server's patient (once each). All add up over every
+    `fetch`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -69,6 +77,8 @@ class FolderSource:
         self.yielded: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.other_patients: Counter[str] = Counter()
+        self.foreign: Counter[str] = Counter()
+        self._foreign_seen: set[tuple[str, str]] = set()
         self._files = _list_files(path)
         self._running: set[_Stream] = set()
 
@@ -95,17 +105,33 @@ class FolderSource:
         self._running.clear()
 
     def _stream(self, query: Query) -> _Stream:
+        kind = query.resource_type
+        if not self._files:
+            raise IncompleteInputError(
+                f"{self.path}: no FHIR files in the folder (*.ndjson, *.ndjson.gz, *.json)"
+            )
+        # Resources of the type the files hold, whoever's they are: none means the type is absent.
+        present = 0
         for file in self._files:
             if file.ndjson_type is None:
-                yield from self._read_json(file.path, query)
+                resources, of_type = self._read_json(file.path, query)
+                present += of_type
+                yield from resources
                 yield None
-            elif file.ndjson_type == query.resource_type:
-                yield from self._read_ndjson(file.path, query)
+            elif file.ndjson_type == kind:
+                present += yield from self._read_ndjson(file.path, query)
+        if not present:
+            where = f"no {kind}.ndjson file"
+            if any(f.ndjson_type is None for f in self._files):
+                where += " and none in the JSON files"
+            raise IncompleteInputError(f"{self.path}: no {kind} resources ({where})")
 
-    def _read_ndjson(self, path: Path, query: Query) -> _Stream:
+    def _read_ndjson(self, path: Path, query: Query) -> Generator[Resource | None, None, int]:
+        """The file's resources; returns how many lines of the type it holds (0: fails)."""
         resource_type = query.resource_type
         wanted = query.patients
         prefilter = _prefilter(query)
+        present = 0
         for number, line in enumerate(_lines(path), 1):
             if number % _LINES_PER_TURN == 0:
                 yield None
@@ -114,31 +140,46 @@ class FolderSource:
             if line.isspace() or not line:
                 continue
             if prefilter is not None and not _may_belong(line, prefilter):
+                present += 1
                 self.other_patients[resource_type] += 1
                 continue
             resource = _parse_line(line, path, number)
             if resource.get("resourceType") != resource_type:
                 self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
                 continue
-            if wanted is None or patient_id_of(resource) in wanted:
+            present += 1
+            if is_foreign(resource):
+                count_foreign(self.foreign, self._foreign_seen, resource)
+            elif wanted is None or patient_id_of(resource) in wanted:
                 yield resource
             else:
                 self.other_patients[resource_type] += 1
+        if not present:
+            # A truncated copy or an export cut short: not a type with nothing to say.
+            raise IncompleteInputError(f"{path}: empty, no {resource_type} resources in the file")
+        return present
 
-    def _read_json(self, path: Path, query: Query) -> list[Resource]:
+    def _read_json(self, path: Path, query: Query) -> tuple[list[Resource], int]:
+        """The file's resources for the query, and how many of the type it holds."""
         document = _parse_document(path)
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             self.skipped[f"{path.name}: not a FHIR resource"] += 1
-            return []
+            return [], 0
         if document["resourceType"] == "Bundle":
             resources = self._bundle_resources(document, path, query.resource_type)
         elif document["resourceType"] == query.resource_type:
             resources = [document]
         else:
-            return []
-        if query.patients is None:
-            return resources
-        return [r for r in resources if patient_id_of(r) in query.patients]
+            return [], 0
+        local = []
+        for resource in resources:
+            if is_foreign(resource):
+                count_foreign(self.foreign, self._foreign_seen, resource)
+            else:
+                local.append(resource)
+        if query.patients is not None:
+            local = [r for r in local if patient_id_of(r) in query.patients]
+        return local, len(resources)
 
     def _bundle_resources(self, bundle: Resource, path: Path, resource_type: str) -> list[Resource]:
         entries = bundle.get("entry")
@@ -200,14 +241,14 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    """The file's lines, never all in memory; read errors become SourcePathError."""
+    """The file's lines, never all in memory; read errors become IncompleteInputError."""
     try:
         with _open(path) as stream:
             yield from stream
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise SourcePathError(f"{path}: not gzip, or corrupt or truncated gzip data") from exc
+        raise IncompleteInputError(f"{path}: not gzip, or corrupt or truncated gzip data") from exc
     except OSError as exc:
-        raise SourcePathError(f"{path}: cannot read ({_why(exc)})") from exc
+        raise IncompleteInputError(f"{path}: cannot read ({_why(exc)})") from exc
 
 
 def _parse_line(line: bytes, path: Path, number: int) -> Resource:
@@ -215,11 +256,11 @@ def _parse_line(line: bytes, path: Path, number: int) -> Resource:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         # `from None`: the exception keeps the whole line, patient data included, in `doc`.
-        raise SourcePathError(
+        raise IncompleteInputError(
             f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
     if not isinstance(value, dict):
-        raise SourcePathError(f"{path}:{number}: not a JSON object")
+        raise IncompleteInputError(f"{path}:{number}: not a JSON object")
     return value
 
 
@@ -227,13 +268,13 @@ def _parse_document(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SourcePathError(f"{path}: cannot read ({_why(exc)})") from exc
+        raise IncompleteInputError(f"{path}: cannot read ({_why(exc)})") from exc
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise SourcePathError(
+        raise IncompleteInputError(
             f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
 
@@ -253,7 +294,8 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     A reference that `patient_id_of` reads as a wanted id appears in the raw line as
     `Patient/<id>` followed by `"` or `/`, unless JSON escapes spell it (`\\/`, `\\u0050`): those
     lines go on to the parse, and so does anything not shaped like one whole object, so that a
-    truncated line still fails the sweep. Parsing confirms every line let through.
+    truncated line still fails the sweep, and so does an absolute `.../Patient/<id>` reference,
+    so that it is counted in `foreign`. Parsing confirms every line let through.
     """
     if not line.startswith(b"{") or not line.rstrip().endswith(b"}"):
         return True
@@ -262,6 +304,9 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
         return True
     start = line.find(b"Patient/")
     while start != -1:
+        if start and line[start - 1] != _QUOTE:
+            # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
+            return True
         start += len(b"Patient/")
         end = line.find(b'"', start)
         if line[start:end].split(b"/", 1)[0] in wanted:

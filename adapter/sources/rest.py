@@ -11,12 +11,14 @@ further raises: a tail is never lost.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import FhirError, HttpStatusError, InvalidResponseError, PatientError
 from adapter.fhir.paging import SearchStats, bundle_total, iter_pages
+from adapter.sources.base import count_foreign, is_foreign
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -177,6 +179,7 @@ class RestSource:
     total but a next link is counted (`_summary=count`) before the rest is read. `elements`
     (e.g. `FACT_ELEMENTS`) names the fields to ask for per
     resource type, sent as `_elements` only when `capabilities` saw the server honour it.
+    Resources whose subject is another server's patient are left out and counted in `foreign`.
     """
 
     def __init__(
@@ -210,6 +213,8 @@ class RestSource:
             {k: tuple(v) for k, v in elements.items() if v} if elements and use_elements else {}
         )
         self._counts_work = True
+        self.foreign: Counter[str] = Counter()
+        self._foreign_seen: set[tuple[str, str]] = set()
 
     async def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Resources of `query.resource_type`, each once, references to the base made relative."""
@@ -221,6 +226,10 @@ class RestSource:
                 if resource.get("resourceType") != query.resource_type:
                     continue  # _include'd resources and search.mode=outcome OperationOutcomes
                 _make_references_relative(resource, self.client.base)
+                if is_foreign(resource):
+                    # Still absolute: another server's patient, never a local one (issue 10).
+                    count_foreign(self.foreign, self._foreign_seen, resource)
+                    continue
                 yield resource
 
     async def aclose(self) -> None:

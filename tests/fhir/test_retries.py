@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +14,8 @@ import pytest
 import respx
 import stamina
 
-from adapter.errors import HttpStatusError, TemporaryHttpError, TransportError
+from adapter.config import ServerConfig
+from adapter.errors import CertificateError, HttpStatusError, TemporaryHttpError, TransportError
 from adapter.fhir.client import FhirClient, is_idempotent
 from adapter.fhir.limits import Limiter, Limits, RetryPolicy, retry_after_seconds
 
@@ -146,6 +149,40 @@ def test_post_form_search_is_retried() -> None:
     )
     assert run(lambda c: c.post_form_search("Observation", [("patient", "1")])) == BUNDLE
     assert route.call_count == 2
+
+
+@respx.mock
+def test_a_write_whose_answer_was_lost_is_checked_before_it_is_sent_again() -> None:
+    """A PUT applied but unanswered: `applied` is asked before the retry, and its answer stands."""
+    put = respx.put(f"{BASE}/ResearchSubject/s1").mock(side_effect=httpx.ReadTimeout("lost"))
+    held = httpx.Response(200, json={"resourceType": "ResearchSubject", "id": "s1"})
+    asked: list[int] = []
+
+    async def applied() -> httpx.Response | None:
+        asked.append(1)
+        return held
+
+    got = run(lambda c: c.request("PUT", "ResearchSubject/s1", json={}, applied=applied))
+    assert got is held
+    assert (put.call_count, len(asked)) == (1, 1)
+
+
+@respx.mock
+def test_a_write_not_applied_is_sent_again_and_an_error_status_is_not_checked() -> None:
+    """`applied` answering None sends the write again; an HTTP error status (not applied) never
+    asks it."""
+    put = respx.put(f"{BASE}/ResearchSubject/s1").mock(
+        side_effect=[httpx.ConnectError("down"), busy(503), httpx.Response(201, json={})]
+    )
+    asked: list[int] = []
+
+    async def applied() -> httpx.Response | None:
+        asked.append(1)
+        return None
+
+    got = run(lambda c: c.request("PUT", "ResearchSubject/s1", json={}, applied=applied))
+    assert got.status_code == 201
+    assert (put.call_count, len(asked)) == (3, 1)
 
 
 @respx.mock
@@ -397,3 +434,178 @@ def test_retries_go_through_the_limiter_again() -> None:
     limiter = Limiter(Limits(requests_per_second=1), clock=clock, sleep=clock.sleep)
     run(lambda c: c.get_json("Patient"), limits=limiter)
     assert sent == [0.0, 1.0, 2.0]
+
+
+def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "retry"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (busy(503, **{"Retry-After": "2"}), "HTTP 503"),
+        (busy(429, **{"Retry-After": "2"}), "HTTP 429"),
+        (httpx.ConnectError("refused"), "ConnectError"),
+        (httpx.ReadTimeout("slow"), "ReadTimeout"),
+    ],
+)
+@respx.mock
+def test_each_retry_is_logged_with_method_path_reason_attempt_and_wait(
+    slept: list[float], caplog: pytest.LogCaptureFixture, failure: Any, reason: str
+) -> None:
+    """One warning per retry: method, path without query, reason, attempt of attempts, wait."""
+    respx.get(f"{BASE}/Observation").mock(side_effect=[failure, httpx.Response(200, json=BUNDLE)])
+    policy = RetryPolicy(attempts=3, wait_initial=2.0, wait_jitter=0.0)
+    with caplog.at_level(logging.WARNING, logger="adapter"):
+        run(lambda c: c.get_json("Observation", {"patient": "secret-id"}), retry=policy)
+    (record,) = retry_records(caplog)
+    assert record.levelno == logging.WARNING
+    fields = {k: getattr(record, k) for k in ("method", "path", "reason", "attempt", "attempts")}
+    assert fields == {
+        "method": "GET",
+        "path": "/fhir/Observation",
+        "reason": reason,
+        "attempt": 1,
+        "attempts": 3,
+    }
+    assert record.wait == 2.0  # type: ignore[attr-defined]
+    assert (
+        record.getMessage()
+        == f"GET /fhir/Observation: {reason} on attempt 1 of 3, retrying in 2.0 s"
+    )
+    assert "secret-id" not in caplog.text
+    assert slept == [2.0]
+
+
+@respx.mock
+def test_the_last_failure_is_not_logged_as_a_retry(caplog: pytest.LogCaptureFixture) -> None:
+    """Three attempts give two retry lines: none promises a fourth attempt."""
+    respx.put(f"{BASE}/ResearchSubject/s1").mock(return_value=busy(503))
+    with caplog.at_level(logging.WARNING, logger="adapter"), pytest.raises(TemporaryHttpError):
+        run(
+            lambda c: c.request("PUT", "ResearchSubject/s1", json={}), retry=RetryPolicy(attempts=3)
+        )
+    assert [(r.method, r.attempt) for r in retry_records(caplog)] == [("PUT", 1), ("PUT", 2)]  # type: ignore[attr-defined]
+
+
+def outage(
+    clock: FakeClock, seconds: float, sent: list[float]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A server that refuses connections for its first `seconds` (on `clock`), then answers."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now)
+        if clock.now < seconds:
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json=BUNDLE)
+
+    return handle
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """A simulated clock: stamina's real waits (test mode off) move it instead of passing."""
+    clock = FakeClock()
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        clock.now += delay
+        return result
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    with stamina.set_testing(False):
+        yield clock
+
+
+@respx.mock
+def test_the_default_policy_outlasts_a_one_minute_outage(fake_time: FakeClock) -> None:
+    """Connections refused for 60 s: the default retries are still going, and succeed after it."""
+    sent: list[float] = []
+    respx.get(f"{BASE}/Patient").mock(side_effect=outage(fake_time, 60.0, sent))
+    body = run(lambda c: c.get_json("Patient"), clock=fake_time, jitter=lambda: 0.5)
+    assert body == BUNDLE
+    assert sent[-1] >= 60.0
+    # 1, 2, 4, ... s apart (plus half the jitter): the first attempt after the outage succeeds.
+    assert sent == [0.0, 1.5, 4.0, 8.5, 17.0, 33.5, 66.0]
+
+
+@pytest.mark.parametrize(
+    ("budget", "attempts_made"),
+    [
+        (10.0, 4),  # 0, 1, 3, 7: the next wait (8 s) would start after 15 s
+        (30.0, 5),
+        (None, 10),  # no budget: the attempts decide
+    ],
+)
+@respx.mock
+def test_no_retry_starts_after_the_budget(
+    fake_time: FakeClock, budget: float | None, attempts_made: int
+) -> None:
+    """timeout_total bounds the time spent retrying one request; then its error is raised."""
+    sent: list[float] = []
+    respx.get(f"{BASE}/Patient").mock(side_effect=outage(fake_time, 10_000.0, sent))
+    policy = RetryPolicy(attempts=10, timeout_total=budget, wait_jitter=0.0)
+    with pytest.raises(TransportError):
+        run(lambda c: c.get_json("Patient"), retry=policy, clock=fake_time)
+    assert len(sent) == attempts_made
+    if budget is not None:
+        assert sent[-1] <= budget
+
+
+@respx.mock
+def test_a_retry_after_beyond_the_budget_is_not_waited_for(fake_time: FakeClock) -> None:
+    """A 503 asking for 60 s with 30 s of budget left ends the retries at once."""
+    route = respx.get(f"{BASE}/Patient").mock(return_value=busy(503, **{"Retry-After": "60"}))
+    with pytest.raises(TemporaryHttpError):
+        run(lambda c: c.get_json("Patient"), retry=RetryPolicy(timeout_total=30.0), clock=fake_time)
+    assert route.call_count == 1
+    assert fake_time.now == 0.0
+
+
+def test_the_site_configuration_sets_attempts_waits_and_budget() -> None:
+    """retry_attempts, retry_max_wait and retry_budget_seconds make the RetryPolicy."""
+    config = ServerConfig(retry_attempts=3, retry_max_wait=5.0, retry_budget_seconds=12.0)
+    policy = config.retry()
+    assert (policy.attempts, policy.max_wait, policy.timeout_total) == (3, 5.0, 12.0)
+    assert ServerConfig().retry().timeout_total == 300.0
+
+
+def test_a_refused_tls_certificate_is_final_and_says_so() -> None:
+    """A certificate verification failure is a CertificateError: one attempt, a clear message."""
+    refused = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")
+    refused.verify_message = "certificate has expired"
+    calls: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        # As httpx raises it: from httpcore's ConnectError, itself raised from the ssl error.
+        raise httpx.ConnectError("handshake failed") from refused
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+            await FhirClient(http, BASE).get_json("metadata")
+
+    with pytest.raises(CertificateError) as caught:
+        asyncio.run(main())
+    assert len(calls) == 1
+    assert not caught.value.temporary
+    assert caught.value.exit_code == 1
+    assert "TLS certificate of the FHIR server was refused: certificate has expired" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"{BASE}/ResearchSubject/ta-7710abc", "/fhir/ResearchSubject/{id}"),
+        (f"{BASE}/Provenance/ta-1/_history/3", "/fhir/Provenance/{id}/_history/{vid}"),
+        (f"{BASE}/Observation?patient=demo-01", "/fhir/Observation"),
+        (f"{BASE}/Observation/_search", "/fhir/Observation/_search"),
+        (f"{BASE}/Patient/$export", "/fhir/Patient/$export"),
+        ("https://files.example/export/1.ndjson", "/{other}"),
+    ],
+)
+def test_logged_paths_hold_no_query_and_no_resource_id(url: str, shown: str) -> None:
+    """A deterministic id maps back to its patient: logs show `{id}`, never the id (issue 11)."""
+    client = FhirClient(httpx.AsyncClient(), BASE)
+    assert client.log_path(url) == shown

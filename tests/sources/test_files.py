@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from adapter.errors import SourcePathError
+from adapter.errors import ExitCode, IncompleteInputError, SourcePathError
 from adapter.facts.model import Coding
 from adapter.sources.base import Query, Resource, patient_id_of
 from adapter.sources.files import FolderSource
@@ -77,7 +77,8 @@ def test_the_ndjson_file_name_gives_the_resource_type(tmp_path: Path, name: str)
     write_ndjson(tmp_path / name, obs("o1"), obs("o2"))
     source = FolderSource(tmp_path)
     assert ids(collect(source, "Observation")) == ["o1", "o2"]
-    assert collect(source, "Condition") == []
+    with pytest.raises(IncompleteInputError, match="no Condition resources"):
+        collect(source, "Condition")
     assert source.yielded == {"Observation": 2}
 
 
@@ -151,11 +152,11 @@ def test_a_malformed_line_fails_with_file_and_line_but_not_its_content(
     """A corrupt export stops the sweep: the message names file:line and leaves the data out."""
     data = orjson.dumps(obs("o1")) + b"\n\n" + bad_line + b"\n" + orjson.dumps(obs("o2")) + b"\n"
     (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
-    with pytest.raises(SourcePathError, match=rf"{name}:3: ") as caught:
+    with pytest.raises(IncompleteInputError, match=rf"{name}:3: ") as caught:
         collect(FolderSource(tmp_path), "Observation", patients)
     assert "secret" not in str(caught.value)
     assert caught.value.__cause__ is None
-    assert caught.value.exit_code == 2
+    assert caught.value.exit_code == ExitCode.FATAL
 
 
 @pytest.mark.parametrize(
@@ -167,9 +168,9 @@ def test_a_malformed_line_fails_with_file_and_line_but_not_its_content(
     ids=["not-gzip", "truncated"],
 )
 def test_a_bad_gzip_file_fails_naming_it(tmp_path: Path, data: bytes) -> None:
-    """An unreadable .gz is a fatal path problem, not an empty file."""
+    """An unreadable .gz is incomplete input (exit 1), not an empty file."""
     (tmp_path / "Observation.000.ndjson.gz").write_bytes(data)
-    with pytest.raises(SourcePathError, match=r"Observation\.000\.ndjson\.gz: .*gzip"):
+    with pytest.raises(IncompleteInputError, match=r"Observation\.000\.ndjson\.gz: .*gzip"):
         collect(FolderSource(tmp_path), "Observation")
 
 
@@ -187,6 +188,103 @@ def test_a_missing_folder_or_a_file_fails_naming_the_path(
     with pytest.raises(SourcePathError, match=reason) as caught:
         FolderSource(path)
     assert str(path) in str(caught.value)
+
+
+# --- incomplete input (issue 10, item 2) -------------------------------------------------------
+
+
+def test_an_empty_folder_is_incomplete_input(tmp_path: Path) -> None:
+    """No FHIR file at all (a README does not count): exit 1, never an empty cohort."""
+    (tmp_path / "README.md").write_text("# export\n")
+    with pytest.raises(IncompleteInputError, match="no FHIR files") as caught:
+        collect(FolderSource(tmp_path), "Condition")
+    assert caught.value.exit_code == ExitCode.FATAL
+
+
+@pytest.mark.parametrize("patients", [None, {"p1"}], ids=["every-patient", "filtered"])
+def test_a_needed_type_without_its_file_is_incomplete_input_naming_the_type(
+    tmp_path: Path, patients: set[str] | None
+) -> None:
+    """A folder without Observation.ndjson has not said that nobody has Observations."""
+    write_ndjson(tmp_path / "Patient.ndjson", {"resourceType": "Patient", "id": "p1"})
+    with pytest.raises(
+        IncompleteInputError, match=r"no Observation resources .*Observation\.ndjson"
+    ):
+        collect(FolderSource(tmp_path), "Observation", patients)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("Observation.ndjson", b""),
+        ("Observation.ndjson", b"\n  \r\n"),
+        ("Observation.001.ndjson", b""),
+        ("Observation.ndjson.gz", gzip.compress(b"")),
+        ("Observation.ndjson", orjson.dumps({"resourceType": "Condition", "id": "c1"}) + b"\n"),
+    ],
+    ids=["empty", "blank-lines", "empty-part", "empty-gzip", "only-another-type"],
+)
+def test_an_empty_file_of_a_needed_type_is_incomplete_input(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    """An empty file is a cut-short copy, even beside a full one: it fails, naming the file."""
+    write_ndjson(tmp_path / "Observation.000.ndjson", obs("o1"))
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(IncompleteInputError, match=rf"{name}: empty"):
+        collect(FolderSource(tmp_path), "Observation")
+
+
+def test_an_empty_file_of_a_type_not_fetched_is_no_error(tmp_path: Path) -> None:
+    """Only the types the sweep fetches must be complete: an empty Procedure file is not read."""
+    write_ndjson(tmp_path / "Observation.ndjson", obs("o1"))
+    (tmp_path / "Procedure.ndjson").write_bytes(b"")
+    assert ids(collect(FolderSource(tmp_path), "Observation")) == ["o1"]
+
+
+def test_a_folder_in_place_of_the_file_leaves_the_type_absent(tmp_path: Path) -> None:
+    """A folder named Observation.ndjson is no file (and unreadable as one): the type is absent."""
+    write_ndjson(tmp_path / "Patient.ndjson", {"resourceType": "Patient", "id": "p1"})
+    (tmp_path / "Observation.ndjson").mkdir()
+    with pytest.raises(IncompleteInputError, match="no Observation resources"):
+        collect(FolderSource(tmp_path), "Observation")
+
+
+def test_a_type_in_no_bundle_is_absent_and_in_one_bundle_is_present(tmp_path: Path) -> None:
+    """In a folder of Bundles a type is present when any file holds it, for any patient."""
+    patient = {"resourceType": "Patient", "id": "p1"}
+    write_json(tmp_path / "a.json", bundle("collection", {"resource": patient}))
+    write_json(
+        tmp_path / "b.json",
+        bundle("collection", {"resource": {"resourceType": "Patient", "id": "p2"}}),
+    )
+    source = FolderSource(tmp_path)
+    with pytest.raises(IncompleteInputError, match=r"no Observation resources .*JSON files"):
+        collect(source, "Observation", {"p1"})
+    write_json(tmp_path / "c.json", bundle("collection", {"resource": obs("o2", "p2")}))
+    assert collect(FolderSource(tmp_path), "Observation", {"p1"}) == []
+
+
+# --- another server's patients (issue 10, item 3) ------------------------------------------------
+
+
+@pytest.mark.parametrize("patients", [None, {"h01"}, {"h02"}], ids=["all", "h01", "h02"])
+@pytest.mark.parametrize("storage", ["ndjson", "bundle"])
+def test_another_servers_patient_is_not_the_local_one_and_is_counted(
+    tmp_path: Path, storage: str, patients: set[str] | None
+) -> None:
+    """`http://other-hospital.example/fhir/Patient/h01` is not local h01: left out, counted."""
+    foreign = obs("theirs", "http://other-hospital.example/fhir/Patient/h01")
+    local = obs("ours", "h01")
+    if storage == "bundle":
+        write_json(
+            tmp_path / "b.json", bundle("collection", {"resource": foreign}, {"resource": local})
+        )
+    else:
+        write_ndjson(tmp_path / "Observation.ndjson", foreign, local)
+    source = FolderSource(tmp_path)
+    found = ids(collect(source, "Observation", patients))
+    assert found == ([] if patients == {"h02"} else ["ours"])
+    assert source.foreign == {"Observation": 1}
 
 
 # --- JSON: Bundles and single resources -------------------------------------------------------
@@ -282,7 +380,8 @@ def test_a_single_resource_json_file_is_read_for_its_type(tmp_path: Path) -> Non
     write_json(tmp_path / "Patient-example.json", {"resourceType": "Patient", "id": "example"})
     source = FolderSource(tmp_path)
     assert ids(collect(source, "Patient")) == ["example"]
-    assert collect(source, "Observation") == []
+    with pytest.raises(IncompleteInputError, match="no Observation resources"):
+        collect(source, "Observation")
 
 
 def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path) -> None:
@@ -290,7 +389,8 @@ def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path)
     write_json(tmp_path / "package.json", {"name": "hl7.fhir.r4.examples"})
     write_json(tmp_path / "list.json", [{"resourceType": "Patient", "id": "p1"}])
     source = FolderSource(tmp_path)
-    assert collect(source, "Patient") == []
+    with pytest.raises(IncompleteInputError, match="no Patient resources"):
+        collect(source, "Patient")
     assert source.skipped == {
         "list.json: not a FHIR resource": 1,
         "package.json: not a FHIR resource": 1,
@@ -300,7 +400,7 @@ def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path)
 def test_a_malformed_json_file_fails_with_file_and_line(tmp_path: Path) -> None:
     """A broken Bundle file stops the sweep, naming the file and line."""
     (tmp_path / "b.json").write_text('{\n  "resourceType": "Bundle",\n  "entry": [\n  ,]\n}\n')
-    with pytest.raises(SourcePathError, match=r"b\.json:4: not valid JSON"):
+    with pytest.raises(IncompleteInputError, match=r"b\.json:4: not valid JSON"):
         collect(FolderSource(tmp_path), "Patient")
 
 
@@ -343,9 +443,9 @@ ESCAPED = ["escaped-slash", "escaped-u"]
 @pytest.mark.parametrize(
     ("patients", "expected"),
     [
-        ({"p1"}, ["plain", "absolute", "patient-key"]),
+        ({"p1"}, ["plain", "patient-key"]),
         ({"p2"}, ["other", "mentions-p1-elsewhere"]),
-        ({"p1", "p2"}, ["plain", "absolute", "other", "mentions-p1-elsewhere", "patient-key"]),
+        ({"p1", "p2"}, ["plain", "other", "mentions-p1-elsewhere", "patient-key"]),
         ({"nobody"}, []),
         (set(), []),
         # Not a FHIR id: the bytes pre-check is off, the parse still finds it.
@@ -355,16 +455,20 @@ ESCAPED = ["escaped-slash", "escaped-u"]
 def test_only_the_wanted_patients_resources_come_back(
     tmp_path: Path, storage: str, patients: set[str], expected: list[str]
 ) -> None:
-    """Subject or patient, relative or absolute; never a mere mention or a Group."""
-    found = ids(collect(patient_linked(tmp_path, storage), "Observation", patients))
+    """Subject or patient, relative only; never a mere mention, a Group or another server's."""
+    source = patient_linked(tmp_path, storage)
+    found = ids(collect(source, "Observation", patients))
     escaped = ESCAPED if "p1" in patients and storage != "bundle" else []
     assert found == expected + escaped
+    # `http://host/fhir/Patient/p1` is another server's p1, wherever the query looks.
+    assert source.foreign == {"Observation": 1}
 
 
 def test_no_patient_filter_gives_every_resource(tmp_path: Path) -> None:
-    """patients=None means every patient, and resources of none."""
+    """patients=None means every local patient, and resources of none."""
     found = collect(patient_linked(tmp_path, "ndjson"), "Observation")
-    assert len(found) == 8 + len(ESCAPED)
+    assert len(found) == 7 + len(ESCAPED)
+    assert "absolute" not in ids(found)
 
 
 @pytest.mark.parametrize("name", ["Patient.ndjson", "Patient.000.ndjson.gz"])

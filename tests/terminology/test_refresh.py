@@ -408,8 +408,11 @@ def test_a_server_error_exits_1_with_the_url_and_without_the_servers_text(
     serve(Server(handler))
     code, err = cli(capsys, "--mappings", str(mdir))
     assert code == 1
-    (line,) = err.strip().splitlines()
-    assert line.startswith("trial-adapter: error:")
+    # One error line; temporary failures are also retried, each retry a warning line.
+    (line,) = [line for line in err.strip().splitlines() if " ERROR " in line]
+    assert "error:" in line
+    assert "?" not in err
+    assert SECRET not in err
     assert fragment in line
     assert EXPAND in line
     assert "?" not in line
@@ -424,7 +427,8 @@ def test_the_cli_refreshes_and_prints_one_summary_line_per_set(tmp_path, capsys,
     server = serve(answering(DIABETES_EXPANSION))
     code, err = cli(capsys, "--mappings", str(mdir), "--only", "snomed-diabetes")
     assert code == 0
-    assert err.strip().splitlines() == [
+    # Log lines: `<time> INFO [<run id>] <message>`.
+    assert [line.split("] ", 1)[1] for line in err.strip().splitlines()] == [
         "snomed-diabetes: 2 -> 2 codes, 1 added, 1 removed, 1 of other code systems left out"
     ]
     assert len(server.requests) == 1
