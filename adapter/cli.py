@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -22,36 +21,26 @@ import orjson
 
 from adapter import __version__, logs, state, terminology
 from adapter.config import SiteConfig, load_site_config
-from adapter.connect import fhir_client, is_url, open_source
-from adapter.criteria.results import PatientVerdict, Status
+from adapter.connect import is_url, open_source
+from adapter.deliver import deliver
 from adapter.errors import (
     AdapterError,
     ExitCode,
-    FhirError,
     OutputError,
-    PatientError,
-    TemporaryHttpError,
-    TransportError,
     UsageError,
     redact_url,
 )
-from adapter.fhir.capability import read_capabilities
-from adapter.fhir.client import ServerBase
 from adapter.report.explain import explain_table
 from adapter.report.files import check_writable_folder
 from adapter.report.results import (
-    UNCONFIRMED,
     sweep_json,
     unknown_summary,
     verdict_json,
     write_reports,
 )
-from adapter.sinks.folder import FolderSink
-from adapter.sinks.resources import StudyInfo, research_study, research_subject, trial_policy
-from adapter.sinks.server import ServerSink, SubjectInput
 from adapter.survey import outputs as survey_outputs
 from adapter.survey import run as survey_run
-from adapter.sweep import PatientFailure, SweepResult, run_sweep
+from adapter.sweep import SweepResult, run_sweep
 from adapter.trials import Trial, default_mappings_dir, load_trial
 
 log = logging.getLogger("adapter")
@@ -335,7 +324,18 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
     # The results first, so a sink that fails cannot take them with it; rewritten after.
     report("started")
     try:
-        await _write(args, site, trial, result, as_of, say, writes)
+        await deliver(
+            args.sink,
+            source=args.source,
+            server_config=site.sink,
+            env=os.environ,
+            dry_run=args.dry_run,
+            trial=trial,
+            result=result,
+            as_of=as_of,
+            say=say,
+            writes=writes,
+        )
     except BaseException as exc:
         if sinking:
             try:
@@ -359,128 +359,6 @@ def _failure_line(exc: BaseException) -> str:
 
 def _sink_label(sink: str) -> str:
     return sink if not is_url(sink) else sink.split("?", 1)[0]
-
-
-async def _write(
-    args: argparse.Namespace,
-    site: SiteConfig,
-    trial: Trial,
-    result: SweepResult,
-    as_of: date,
-    say: Callable[[str], None],
-    writes: dict[str, str],
-) -> None:
-    """Write to the sink, filling `writes` (patient -> what was done) as it goes, so that a fatal
-    error leaves it saying what was done. Per-patient failures go to result.errors."""
-    sink: str | None = args.sink
-    if not sink:
-        return
-    study = StudyInfo(trial.id, trial.study_system, trial.study_value, trial.title)
-    flagged = [
-        v for v in result.verdicts if v.status in (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
-    ]
-    if not is_url(sink):
-        subjects = [
-            research_subject(study, v.patient.split("/", 1)[1], v.status, as_of) for v in flagged
-        ]
-        if args.dry_run:
-            result.planned_writes = [
-                {
-                    "method": "write",
-                    "resource_type": "ResearchSubject",
-                    "resource_id": s["id"],
-                    "condition": None,
-                    "patient": v.patient,
-                    "reason": f"{sink}/ResearchSubject.ndjson",
-                }
-                for s, v in zip(subjects, flagged, strict=True)
-            ]
-            say(f"dry run: would write {len(subjects)} ResearchSubjects to the sink folder")
-            writes.update((v.patient, "would_write") for v in flagged)
-            return
-        try:
-            FolderSink(Path(sink)).write(research_study(study), subjects)
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise OutputError(f"{sink}: the sink folder could not be written ({why})") from exc
-        say(f"wrote {len(subjects)} ResearchSubjects to the sink folder")
-        writes.update((v.patient, "written") for v in flagged)
-        return
-    source: str = args.source
-    async with fhir_client(sink, site.sink, env=os.environ) as client:
-        server = ServerSink(
-            client,
-            study,
-            trial_policy=trial_policy(trial.id, trial.content_hash),
-            capabilities=await read_capabilities(client, probe_elements=False),
-            logical_references=not _same_server(source, sink),
-            source_base=source if is_url(source) else Path(source).resolve().as_uri(),
-            dry_run=args.dry_run,
-        )
-        await _write_server(server, result, as_of, say, writes)
-    if args.dry_run:
-        # The plan names patients: it goes to results.json (see _sweep), never to stderr.
-        result.planned_writes = [dataclasses.asdict(p) for p in server.planned]
-        say(f"dry run: {len(server.planned)} writes planned, none sent")
-
-
-#: Provenance.entity: the evidence types (trial-spec, 'What gets written')
-_EVIDENCE_TYPES = frozenset({"Observation", "Condition", "Procedure", "Patient"})
-
-
-def _entities(verdict: PatientVerdict, versions: Mapping[str, str]) -> tuple[str, ...]:
-    """The evidence behind a verdict, versioned where the source has versions."""
-    refs = [verdict.patient]
-    refs += [e.reference for c in verdict.criteria.values() for e in c.evidence if e.reference]
-    kept = (r for r in refs if r.split("/", 1)[0] in _EVIDENCE_TYPES)
-    return tuple(dict.fromkeys(versions.get(r, r) for r in kept))
-
-
-def _same_server(source: str, sink: str) -> bool:
-    """Whether source and sink are one FHIR server (a parsed comparison of their bases)."""
-    if not is_url(source):
-        return False
-    a, b = ServerBase.parse(source), ServerBase.parse(sink)
-    return (a.origin, a.segments) == (b.origin, b.segments)
-
-
-async def _write_server(
-    server: ServerSink,
-    result: SweepResult,
-    as_of: date,
-    say: Callable[[str], None],
-    writes: dict[str, str],
-) -> None:
-    await server.prepare()
-    for v in result.verdicts:
-        pid = v.patient.split("/", 1)[1]
-        try:
-            if v.status is Status.INELIGIBLE:
-                noted = await server.ineligible_outcome(pid)
-                if noted is not None:
-                    writes[v.patient] = noted.value
-                continue
-            subject = SubjectInput(
-                pid, v.status, _entities(v, result.versions), result.identifiers.get(v.patient)
-            )
-            # Until the sink answers: a fatal error now leaves it unconfirmed in results.json.
-            writes[v.patient] = UNCONFIRMED
-            writes[v.patient] = (await server.write_subject(subject, as_of)).value
-        except TransportError:
-            raise  # the server is gone: fatal, not one patient's problem
-        except TemporaryHttpError as exc:
-            # Retried for the whole budget: an outage (fatal) unless the server answers now.
-            if not await server.answers():
-                raise  # the write stays unconfirmed in results.json
-            writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
-        except PatientError as exc:
-            writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc.reason}"))
-        except FhirError as exc:
-            writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
-    say(server.summary())
 
 
 def _print_summary(

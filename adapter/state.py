@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from adapter.errors import LockHeldError, StateDirError
-from adapter.fhir.client import ServerBase
+from adapter.fhir.urls import ServerBase
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,6 @@ from pydantic import (
 )
 
 from adapter.errors import ConfigError
-from adapter.fhir.client import ServerBase
 from adapter.fhir.credentials import (
     _B64TOKEN,
     ASSERTION_LIFETIME,
@@ -56,6 +55,7 @@ from adapter.fhir.credentials import (
     SmartBackendAuth,
     _absolute_url,
 )
+from adapter.fhir.urls import ServerBase
 
 __all__ = [
     "ASSERTION_LIFETIME",

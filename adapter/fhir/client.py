@@ -15,9 +15,8 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -26,7 +25,6 @@ import stamina
 from adapter.errors import (
     TEMPORARY_STATUSES,
     CertificateError,
-    ConfigError,
     FhirError,
     HttpStatusError,
     InvalidResponseError,
@@ -43,6 +41,7 @@ from adapter.fhir.limits import (
     response_date,
     retry_after_seconds,
 )
+from adapter.fhir.urls import ServerBase, origin_of, parse_url, within
 
 log = logging.getLogger(__name__)
 
@@ -54,125 +53,12 @@ FORM = "application/x-www-form-urlencoded"
 MAX_REDIRECTS = 3
 OUTCOME_LIMIT = 500
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 9.2.2: methods whose repetition has the effect of one request.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 # OperationOutcome diagnostics often echo the request URL, query (patient ids) included.
 _URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+")
-
-Origin = tuple[str, str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    origin: Origin
-    segments: tuple[str, ...]
-
-
-def _parse(url: str | httpx.URL) -> _Parsed | None:
-    """Scheme, host and explicit port, and the decoded path segments; None if not a usable URL."""
-    try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except httpx.InvalidURL:
-        return None
-    # Credentials in a link are never legitimate here and are a classic way to disguise a host.
-    if parsed.scheme not in _DEFAULT_PORTS or not parsed.host or parsed.userinfo:
-        return None
-    port = parsed.port if parsed.port is not None else _DEFAULT_PORTS[parsed.scheme]
-    raw_path = parsed.raw_path.split(b"?", 1)[0].decode("ascii")
-    return _Parsed((parsed.scheme, parsed.host.lower(), port), _segments(raw_path))
-
-
-def _segments(raw_path: str) -> tuple[str, ...]:
-    """Path segments, each percent-decoded, with dot segments resolved (RFC 3986 5.2.4).
-
-    Decoding before resolving makes `/fhir/%2e%2e/admin` count as `/admin`, which is how many
-    servers will read it.
-    """
-    out: list[str] = []
-    for segment in raw_path.split("/")[1:]:
-        text = unquote(segment)
-        if text == "..":
-            if out:
-                out.pop()
-        elif text != ".":
-            out.append(text)
-    if out and out[-1] == "":
-        out.pop()
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerBase:
-    """A FHIR server's base URL, parsed once; `url` always ends with a slash."""
-
-    url: str
-    origin: Origin
-    segments: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, url: str) -> ServerBase:
-        """Parse and normalise a base URL; a ConfigError if it cannot be one."""
-        try:
-            plain: httpx.URL | None = httpx.URL(url)
-        except httpx.InvalidURL:
-            plain = None
-        parsed = _parse(plain) if plain is not None else None
-        if plain is None or parsed is None or plain.query or plain.fragment:
-            raise ConfigError(
-                f"FHIR base URL must be http(s)://host[:port]/path without credentials, "
-                f"query or fragment: {redact_url(url)}"
-            )
-        text = str(plain)
-        return cls(text if text.endswith("/") else text + "/", parsed.origin, parsed.segments)
-
-    def contains(self, url: str | httpx.URL) -> bool:
-        """Whether `url` has this origin and its path is this base path or below it."""
-        parsed = _parse(url)
-        return parsed is not None and self._contains(parsed)
-
-    def relative(self, url: str) -> str | None:
-        """The path of `url` below this base (`Patient/1`), or None when it is not below it."""
-        parsed = _parse(url)
-        if parsed is None or not self._contains(parsed):
-            return None
-        return "/".join(parsed.segments[len(self.segments) :])
-
-    def _contains(self, parsed: _Parsed) -> bool:
-        # Segment-wise, so /fhir2 and /fhir-other are not under /fhir.
-        depth = len(self.segments)
-        return parsed.origin == self.origin and parsed.segments[:depth] == self.segments
-
-
-def _origin(url: str) -> Origin:
-    parsed = _parse(url)
-    if parsed is None or parsed.segments:
-        raise ConfigError(f"a trusted origin must be http(s)://host[:port]: {redact_url(url)}")
-    return parsed.origin
-
-
-def is_trusted(
-    url: str | httpx.URL,
-    base: ServerBase | str,
-    extra_trusted_origins: Iterable[str] = (),
-) -> bool:
-    """Whether `url` is under `base` or on one of `extra_trusted_origins` (any path there).
-
-    A parsed comparison: scheme, host (case-insensitive), port (default ports made explicit) and
-    then the base path segment by segment. Never a substring test.
-    """
-    server = base if isinstance(base, ServerBase) else ServerBase.parse(base)
-    origins = frozenset(_origin(o) for o in extra_trusted_origins)
-    return _trusted(url, server, origins)
-
-
-def _trusted(url: str | httpx.URL, base: ServerBase, origins: frozenset[Origin]) -> bool:
-    parsed = _parse(url)
-    if parsed is None:
-        return False
-    return base._contains(parsed) or parsed.origin in origins
 
 
 def outcome_text(body: object) -> str:
@@ -218,7 +104,7 @@ def is_idempotent(method: str, url: str, headers: Mapping[str, str] | None = Non
         return False
     if any(k.lower() == "if-none-exist" for k in headers or {}):
         return True
-    parsed = _parse(url)
+    parsed = parse_url(url)
     return parsed is not None and parsed.segments[-1:] == ("_search",)
 
 
@@ -299,7 +185,7 @@ class FhirClient:
     ) -> None:
         self.http = http
         self.base = base if isinstance(base, ServerBase) else ServerBase.parse(base)
-        self._origins = frozenset(_origin(o) for o in extra_trusted_origins)
+        self._origins = frozenset(origin_of(o) for o in extra_trusted_origins)
         self.retry = retry or RetryPolicy()
         self.limiter = limits if isinstance(limits, Limiter) else Limiter(limits)
         # The retry budget is measured on `clock`; tests give a simulated one.
@@ -308,7 +194,7 @@ class FhirClient:
 
     def is_trusted(self, url: str | httpx.URL) -> bool:
         """Whether this client may send a request (and its credentials) to `url`."""
-        return _trusted(url, self.base, self._origins)
+        return within(url, self.base, self._origins)
 
     def resolve(self, url_or_path: str) -> str:
         """An absolute URL: a relative path is taken below the base, even with a leading slash."""
@@ -348,7 +234,7 @@ class FhirClient:
         Queries carry patient ids (`patient=...`), and an id such as `ta-7710...` maps back to
         its patient (issue 11): `/fhir/ResearchSubject/{id}/_history/{vid}`, `/fhir/Patient`.
         """
-        parsed = _parse(url)
+        parsed = parse_url(url)
         if parsed is None or parsed.segments[: len(self.base.segments)] != self.base.segments:
             return "/{other}"  # a trusted origin's file URL: nothing of it is logged
         rest = list(parsed.segments[len(self.base.segments) :])

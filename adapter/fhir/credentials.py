@@ -38,13 +38,8 @@ from adapter.errors import (
     TemporaryHttpError,
     redact_url,
 )
-from adapter.fhir.client import (
-    OUTCOME_LIMIT,
-    ServerBase,
-    is_trusted,
-    outcome_text,
-    transport_error,
-)
+from adapter.fhir.client import OUTCOME_LIMIT, outcome_text, transport_error
+from adapter.fhir.urls import ServerBase, is_trusted
 
 # The logger keeps the name it had before the flows moved out of auth.py.
 log = logging.getLogger("adapter.fhir.auth")

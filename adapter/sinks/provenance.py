@@ -20,6 +20,7 @@ from adapter.sinks import resources
 from adapter.sinks.plan import PlannedWrite
 from adapter.sinks.resources import TAG
 from adapter.sinks.responses import json_object, returned_resource, search_matches, targets
+from adapter.sinks.stored import STRICT
 
 if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 _CREATED = 201
 _NOT_FOUND = 404
 _GONE = 410
-# A server that does not know `target` must refuse it, not answer every Provenance (R4 3.1.1.5.1).
-_STRICT = {"Prefer": "handling=strict"}
 
 
 def target(subject_id: str, version: str | None) -> str:
@@ -81,7 +80,8 @@ class ProvenanceStore:
             return True
         if self.path is WritePath.CONDITIONAL:
             url = self._client.url("Provenance", [("target", wanted)])
-            response = await self._client.request("GET", url, headers=_STRICT)
+            # A server that does not know `target` must refuse it, not answer every Provenance.
+            response = await self._client.request("GET", url, headers=STRICT)
             # sekmet-fhir 0.1.1 ignores the version in a reference search: every version's
             # Provenance comes back, so the exact target is checked here.
             found = search_matches(json_object(response, url), url)

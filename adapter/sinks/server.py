@@ -28,7 +28,6 @@ own: a missing Provenance is written for it too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -45,14 +44,10 @@ from adapter.sinks import plan, resources
 from adapter.sinks.plan import Action, PlannedWrite, ProvenanceCount, SubjectInput, WriteOutcome
 from adapter.sinks.provenance import ProvenanceStore
 from adapter.sinks.responses import (
-    json_object,
-    meta_version,
-    read_resource,
     returned_resource,
-    search_matches,
-    version_of,
     written,
 )
+from adapter.sinks.stored import Stored, read_stored, search_stored, status_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,18 +65,6 @@ _CREATED = 201
 _NOT_FOUND = 404
 _GONE = 410  # deleted: by people, since the adapter never deletes
 _PRECONDITION_FAILED = 412
-# sekmet-fhir and HAPI ignore an unknown search parameter unless asked to be strict (R4 3.1.1.5.1);
-# ignored, `identifier=` would match every resource of the type.
-_STRICT = {"Prefer": "handling=strict"}
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """A resource on the server: its id, its body and version."""
-
-    id: str
-    body: JsonDict
-    version: str | None
 
 
 def _utc_now() -> datetime:
@@ -178,7 +161,7 @@ class ServerSink:
             if exc.status == _GONE:
                 return None
             raise
-        return None if stored is None else _status_of(stored)
+        return None if stored is None else status_of(stored)
 
     async def ineligible_outcome(self, patient_id: str) -> WriteOutcome | None:
         """What to report for a patient now ineligible (nothing is written), counted."""
@@ -215,7 +198,7 @@ class ServerSink:
             if exc.status == _GONE:  # a person deleted it (a PUT would resurrect it): it stands
                 return self._count(WriteOutcome.KEPT_HUMAN_STATUS)
             raise
-        decision = plan.decide(None if stored is None else _status_of(stored), subject.status)
+        decision = plan.decide(None if stored is None else status_of(stored), subject.status)
         if decision.action is Action.CREATE:
             subject_written = await self._create_subject(subject, study_id, as_of)
         elif decision.action is Action.UPDATE and stored is not None:
@@ -265,7 +248,7 @@ class ServerSink:
         response = await self._create(kind, resource, condition)
         return written(response, kind)[0]
 
-    async def _find_subject(self, patient: str, patient_id: str) -> _Stored | None:
+    async def _find_subject(self, patient: str, patient_id: str) -> Stored | None:
         """The patient's ResearchSubject; None when there is none. 410 Gone raises."""
         system, value = resources.subject_identifier(self._study.trial_id, patient_id)
         if not self.by_identifier("ResearchSubject"):
@@ -364,7 +347,7 @@ class ServerSink:
         return found is not None and resources.is_same_subject(found, resources.without_id(sent))
 
     async def _update_subject(
-        self, subject: SubjectInput, stored: _Stored
+        self, subject: SubjectInput, stored: Stored
     ) -> tuple[str, str | None] | None:
         """potential-candidate -> candidate, with If-Match: its id and version, or None (dry)."""
         url = self._client.url(f"ResearchSubject/{stored.id}")
@@ -379,7 +362,7 @@ class ServerSink:
             raise InvalidResponseError(
                 f"the server's ResearchSubject is not valid R4, not updating it: {exc}", url=url
             ) from None
-        reason = f"{_status_of(stored)} now {updated['status']}"
+        reason = f"{status_of(stored)} now {updated['status']}"
         self._plan("PUT", "ResearchSubject", reason, subject, resource_id=stored.id)
         if self.dry_run:
             return None
@@ -480,38 +463,11 @@ class ServerSink:
         patient = None if subject is None else subject.patient
         self.planned.append(PlannedWrite(method, kind, reason, resource_id, condition, patient))
 
-    async def _read(self, kind: str, resource_id: str) -> _Stored | None:
-        """The resource at `kind/resource_id`; None on 404. Other errors (410 too) raise."""
-        url = f"{kind}/{resource_id}"
-        try:
-            response = await self._client.request("GET", url)
-        except HttpStatusError as exc:
-            if exc.status == _NOT_FOUND:
-                return None
-            raise
-        body = read_resource(response, kind, resource_id, url)
-        return _Stored(resource_id, body, version_of(body, response))
+    async def _read(self, kind: str, resource_id: str) -> Stored | None:
+        return await read_stored(self._client, kind, resource_id)
 
-    async def _search(self, kind: str, system: str, value: str) -> tuple[list[_Stored], int]:
-        """The `kind`s with this identifier, and how many the server says match in all."""
-        url = self._client.url(kind, [("identifier", resources.search_token(system, value))])
-        response = await self._client.request("GET", url, headers=_STRICT)
-        bundle = json_object(response, url)
-        found: list[_Stored] = []
-        for resource in search_matches(bundle, url):
-            if resource.get("resourceType") != kind or not resources.has_identifier(
-                resource, system, value
-            ):
-                # Never take a resource that is not ours: the server ignored the parameter.
-                raise InvalidResponseError(
-                    f"the {kind} search by identifier matched resources without it", url=url
-                )
-            resource_id = resource.get("id")
-            if not isinstance(resource_id, str) or not resource_id:
-                raise InvalidResponseError(f"a {kind} in the search has no id", url=url)
-            found.append(_Stored(resource_id, resource, meta_version(resource)))
-        total = bundle.get("total")
-        return found, max(len(found), total if isinstance(total, int) else 0)
+    async def _search(self, kind: str, system: str, value: str) -> tuple[list[Stored], int]:
+        return await search_stored(self._client, kind, system, value)
 
     async def _create(self, kind: str, body: JsonDict, condition: str) -> httpx.Response:
         # A conditional create may be retried (adapter.fhir.client.is_idempotent).
@@ -527,12 +483,3 @@ class ServerSink:
         return await self._client.request(
             "PUT", f"{kind}/{resource_id}", json=body, headers=headers
         )
-
-
-def _status_of(stored: _Stored) -> str:
-    status = stored.body.get("status")
-    if not isinstance(status, str):
-        raise InvalidResponseError(
-            "a ResearchSubject on the server has no status", url=f"ResearchSubject/{stored.id}"
-        )
-    return status

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
     from adapter.facts.model import Coding
     from adapter.fhir.capability import ServerCapabilities
-    from adapter.fhir.client import FhirClient, JsonObject, ServerBase
+    from adapter.fhir.client import FhirClient, JsonObject
     from adapter.fhir.paging import ResourceKey
+    from adapter.fhir.urls import ServerBase
     from adapter.sources.base import Query, Resource
 
 # The search parameter that selects by patient, per resource type; `patient=123` (a bare id) is

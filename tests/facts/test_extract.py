@@ -48,7 +48,13 @@ def qty(value: float, unit: str | None = None, code: str | None = None, **kw: An
     [
         ("718-7", qty(90, "g/L", "g/L"), "hemoglobin", 9.0, "g/dL"),
         ("59260-0", qty(5.586, "mmol/L", "mmol/L"), "hemoglobin", 5.586 * 16114.5 / 10_000, "g/dL"),
-        ("14631-6", qty(34.2, "umol/L", "umol/L"), "bilirubin_total", 34.2 * 584.66 / 10_000, "mg/dL"),
+        (
+            "14631-6",
+            qty(34.2, "umol/L", "umol/L"),
+            "bilirubin_total",
+            34.2 * 584.66 / 10_000,
+            "mg/dL",
+        ),
         ("777-3", qty(150, "K/uL"), "platelets", 150.0, "10*9/L"),
         ("777-3", qty(150, "10*3/uL", "10*3/uL"), "platelets", 150.0, "10*9/L"),
         ("751-8", qty(1500, "/mm3"), "neutrophils", 1.5, "10*9/L"),
@@ -56,7 +62,13 @@ def qty(value: float, unit: str | None = None, code: str | None = None, **kw: An
         ("3091-6", qty(30, "mg/dL", "mg/dL"), "bun", 30 * 10 / 60.06 * 28.014 / 10, "mg/dL"),
         ("14682-9", qty(88.4, "umol/L", "umol/L"), "creatinine", 88.4 * 113.12 / 10_000, "mg/dL"),
         ("1742-6", qty(35, "IU/L"), "alt", 35.0, "U/L"),
-        ("1558-6", qty(144.128, "mg/dL", "mg/dL"), "glucose_fasting", 144.128 * 10 / 180.16, "mmol/L"),
+        (
+            "1558-6",
+            qty(144.128, "mg/dL", "mg/dL"),
+            "glucose_fasting",
+            144.128 * 10 / 180.16,
+            "mmol/L",
+        ),
         ("33728-7", qty(25, "mm", "mm"), "tumour_size", 2.5, "cm"),
     ],
 )

@@ -19,7 +19,8 @@ from adapter.errors import (
     TransportError,
     UntrustedUrlError,
 )
-from adapter.fhir.client import FhirClient, ServerBase, is_trusted, outcome_text
+from adapter.fhir.client import FhirClient, outcome_text
+from adapter.fhir.urls import ServerBase, is_trusted
 
 BASE = "http://fhir.test/fhir"
 
