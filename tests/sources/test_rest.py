@@ -214,6 +214,26 @@ def test_absolute_references_to_the_base_are_made_relative() -> None:
 
 
 @respx.mock
+def test_another_servers_patient_is_left_out_and_counted() -> None:
+    """Issue 10: `http://other-hospital.example/fhir/Patient/p1` is not our p1, even when a
+    server matches ids loosely; nor is a patient under another base path of the same host."""
+    foreign = obs("2")
+    foreign["subject"] = {"reference": "http://other-hospital.example/fhir/Patient/p1"}
+    sibling = obs("3")
+    sibling["subject"] = {"reference": "http://fhir.test/other/Patient/p1"}
+    respx.get(f"{BASE}/Observation").respond(200, json=bundle([obs("1"), foreign, sibling]))
+
+    async def main() -> tuple[list[str], dict[str, int]]:
+        async with httpx.AsyncClient() as http:
+            source = RestSource(FhirClient(http, BASE), count_first=False)
+            query = Query("Observation", patients=frozenset({"p1"}))
+            found = [r["id"] async for r in source.fetch(query)]
+            return found, dict(source.foreign)
+
+    assert asyncio.run(main()) == (["1"], {"Observation": 2})
+
+
+@respx.mock
 def test_search_too_long_for_a_url_is_posted_as_a_form() -> None:
     """Past max_url_length the same parameters go as POST [type]/_search, paging still followed."""
     next1 = f"{BASE}?_getpages=abc&_getpagesoffset=1&_count=1&_bundletype=searchset"
