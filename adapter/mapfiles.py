@@ -31,7 +31,13 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or "not valid YAML"
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "not valid YAML"
+        position = getattr(exc, "position", None)  # a ReaderError: a character YAML refuses
+        if line is None and isinstance(position, int):
+            line = text.count("\n", 0, position) + 1
+            character = getattr(exc, "character", None)
+            if isinstance(character, int):
+                problem = f"{problem} (U+{character:04X})"
         raise MappingError(str(path), f"not valid YAML: {problem}", line=line) from None
     lines: dict[Loc, int] = {}
     if node is not None:

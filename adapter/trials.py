@@ -146,7 +146,9 @@ def load_trial(
         path = maps.trial_path(name)
     systems = maps.systems
     aliases = system_aliases(
-        SystemsFile(systems=systems, equivalents=maps.equivalents), maps.equivalents_file
+        SystemsFile(systems=systems, equivalents=maps.equivalents),
+        maps.equivalents_file,
+        maps.lines.get(maps.equivalents_file, {}),
     )
     equivalents = maps.equivalents
     units = maps.units()
@@ -350,16 +352,24 @@ def load_trial(
     )
 
 
-def system_aliases(systems: SystemsFile, path: Path) -> dict[str, str]:
-    """Every other spelling of a system -> its URL; one spelling may name one system only."""
+def system_aliases(
+    systems: SystemsFile, path: Path, lines: dict[mapfiles.Loc, int]
+) -> dict[str, str]:
+    """Every other spelling of a system -> its URL; one spelling may name one system only.
+
+    A conflict is reported at the entry `path` states (a site file may meet a bundled entry).
+    """
     out: dict[str, str] = {}
     for url, others in systems.equivalents.items():
         for other in others:
             if other in out and out[other] != url:
+                stated = [u for u in (url, out[other]) if ("equivalents", u) in lines]
+                blamed = stated[0] if stated else url
                 raise MappingError(
                     str(path),
                     f"'{other}' is given for both {out[other]} and {url}",
-                    field=f"equivalents.{url}",
+                    line=mapfiles.line_of(lines, ("equivalents", blamed)),
+                    field=f"equivalents.{blamed}",
                 )
             out[other] = url
     return out

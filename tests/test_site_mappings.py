@@ -300,6 +300,11 @@ def test_mappings_keeps_replacing_the_bundled_folder(tmp_path):
             "analytes.yaml:3",
             "analytes.alt.unit",
         ),
+        (
+            {"systems_yaml": f'equivalents:\n  "{LOINC}": ["urn:oid:2.16.840.1.113883.6.96"]'},
+            "systems.yaml:2",
+            f"equivalents.{LOINC}",
+        ),
     ],
     ids=[
         "bad-uln",
@@ -311,6 +316,7 @@ def test_mappings_keeps_replacing_the_bundled_folder(tmp_path):
         "unknown-local-analyte",
         "new-set-without-include",
         "unit-without-uln",
+        "spelling-of-two-systems",
     ],
 )
 def test_an_error_in_a_site_file_names_file_line_and_field_and_exits_2(

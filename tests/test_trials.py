@@ -201,3 +201,12 @@ def test_plausibility_bounds_must_be_finite_and_ordered(tmp_path):
     )
     with pytest.raises(MappingError, match="low is above high"):
         load_trial(TRIAL, mdir)
+
+
+def test_a_character_yaml_refuses_names_its_line(tmp_path):
+    """A control character (say, UTF-8 decoded twice) is refused with its line and code point."""
+    path = tmp_path / "t.yaml"
+    path.write_text("id: x\ntitle: ok\nunit: \x9f\n", encoding="utf-8")
+    with pytest.raises(MappingError, match="U\\+009F") as info:
+        load_trial(str(path))
+    assert info.value.line == 3

@@ -29,6 +29,8 @@ class KnownSystems:
 
     urls: frozenset[str]
     aliases: Mapping[str, str]
+    #: a system's URL -> its other spellings, as the (merged) mappings state them
+    equivalents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def alias_of(self, url: str) -> str | None:
         return self.aliases.get(url)

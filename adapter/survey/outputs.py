@@ -9,6 +9,7 @@ so that an uncommented line is a valid entry, and an all-commented one is an emp
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +247,9 @@ def draft_yaml(survey: Survey, known: KnownSystems, source: str) -> str:
         "}",
     ]
     if editions:
-        urls = ", ".join(_q(e) for e in editions)
+        # A site's `equivalents` entry replaces the whole list: keep the spellings known already.
+        spellings = dict.fromkeys((*known.equivalents.get(_SNOMED, ()), *editions))
+        urls = ", ".join(_q(e) for e in spellings)
         out += [
             "equivalents: {",
             f"  # {_q(_SNOMED)}: [{urls}],  # SNOMED CT edition URIs used as the system",
@@ -257,11 +260,22 @@ def draft_yaml(survey: Survey, known: KnownSystems, source: str) -> str:
 
 def _q(text: str) -> str:
     """A YAML double-quoted scalar (JSON's escapes are YAML's)."""
-    return json.dumps(text, ensure_ascii=False)
+    return _escape(json.dumps(text, ensure_ascii=False))
 
 
 def _comment(text: str) -> str:
-    return " ".join(text.split())
+    return _escape(" ".join(text.split()))
+
+
+# What YAML 1.1 may not hold raw (C1 controls, as in mis-decoded UTF-8) or reads as a line break
+# (NEL, U+2028, U+2029), anywhere in the file: written as `\uXXXX`, an escape of both JSON and YAML.
+_NOT_RAW = re.compile(
+    r"[^\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def _escape(text: str) -> str:
+    return _NOT_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def write_outputs(

@@ -45,7 +45,7 @@ def trial_names(mappings_dir: Path, site_dir: Path | None) -> list[str]:
 
 def load_mappings(names: Sequence[str], mappings_dir: Path, site_dir: Path | None) -> Mappings:
     """The trials named (every trial when empty), the known systems and the hints."""
-    chosen = list(names) or trial_names(mappings_dir, site_dir)
+    chosen = list(dict.fromkeys(names)) or trial_names(mappings_dir, site_dir)
     if not chosen:
         raise MappingError(str(mappings_dir / "trials"), "no trial to survey")
     trials = tuple(load_trial(name, mappings_dir, site_mappings=site_dir) for name in chosen)
@@ -71,7 +71,8 @@ def known_systems(mappings_dir: Path, site_dir: Path | None) -> KnownSystems:
         for other in others:
             if url in names:
                 names.setdefault(other, names[url])
-    return KnownSystems(frozenset(urls), names)
+    equivalents = {url: tuple(others) for url, others in merged.equivalents.items()}
+    return KnownSystems(frozenset(urls), names, equivalents)
 
 
 async def read_source(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from adapter import site_mappings
 from adapter.cli import build_parser, main
 from adapter.errors import UsageError
 from adapter.mapschema import LocalCode, SystemModel
@@ -204,3 +205,46 @@ def test_the_draft_loads_as_a_site_file_and_an_accepted_line_maps_the_code(
 
 
 HGB_LINES = r"hospital-example-cn-lab:|\{system: hospital-example-cn-lab, code: \"HGB\""
+
+
+def append(folder: Path, kind: str, *resources: dict[str, Any]) -> None:
+    with (folder / f"{kind}.ndjson").open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in resources)
+
+
+def test_the_draft_loads_as_is_whatever_characters_the_units_and_displays_hold(
+    cn_folder, tmp_path, capsys
+):
+    """A unit mis-decoded from UTF-8 (U+00D7 read as U+00C3 U+0097) and a display with Unicode line
+    breaks are escaped in the draft: it loads, and an accepted synonym is the unit as sent."""
+    odd = "\u00c3\u009710^9/L"
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": CN_LAB, "code": "PLT2", "display": "血小板\u2028\u0085"}]},
+        "valueQuantity": {"value": 1, "unit": odd},
+    }
+    append(cn_folder, "Observation", obs)
+    survey(capsys, cn_folder, tmp_path / "out")
+    draft = (tmp_path / "out" / "site-mappings.yaml").read_text(encoding="utf-8")
+    folder = site_with(draft.replace('"?"', '"10*9/L"'), '"Ã', tmp_path / "site")
+    maps = site_mappings.load_mappings(site=folder)
+    assert maps.synonyms[odd] == "10*9/L"
+
+
+def test_an_accepted_snomed_edition_keeps_the_bundled_spellings_of_snomed(
+    cn_folder, tmp_path, capsys
+):
+    """Accepting the draft's `equivalents` line adds the edition URI to SNOMED CT's spellings;
+    the OID form the bundled mappings know stays known."""
+    edition, oid = "http://snomed.info/sct/900000000000207008", "urn:oid:2.16.840.1.113883.6.96"
+    conditions = [
+        {"resourceType": "Condition", "code": {"coding": [{"system": s, "code": "72892002"}]}}
+        for s in (edition, oid)
+    ]
+    append(cn_folder, "Condition", *conditions)
+    survey(capsys, cn_folder, tmp_path / "out")
+    draft = (tmp_path / "out" / "site-mappings.yaml").read_text(encoding="utf-8")
+    folder = site_with(draft, '"http://snomed.info/sct":', tmp_path / "site")
+    maps = site_mappings.load_mappings(site=folder)
+    assert {edition, oid} <= set(maps.equivalents["http://snomed.info/sct"])
