@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -385,17 +386,20 @@ def _print_summary(
 def _early_log_options(argv: Sequence[str]) -> tuple[logs.LogFormat, int]:
     """The log format and level from `argv` before it is parsed, so a bad argument's line has them.
 
-    Anything unreadable is left to the full parse, which says what is wrong.
+    Anything unreadable is left to the full parse, which says what is wrong. Abbreviations are
+    read as the full parse reads them (`--log-form json`), and a bad or missing `--log-level`
+    leaves the format as asked: the line saying what is wrong is JSON when JSON was asked for.
     """
-    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre = _Parser(add_help=False)
     pre.add_argument("--log-format", choices=("text", "json"), default="text")
-    pre.add_argument("--log-level", choices=tuple(logs.LEVELS))
+    pre.add_argument("--log-level", nargs="?")
     pre.add_argument("-q", "--quiet", action="store_true")
     try:
         known, _ = pre.parse_known_args(argv)
     except UsageError:
         return "text", logging.INFO
-    return known.log_format, _level(known.log_level, quiet=known.quiet)
+    name = known.log_level if known.log_level in logs.LEVELS else None
+    return known.log_format, _level(name, quiet=known.quiet)
 
 
 def _level(name: str | None, *, quiet: bool) -> int:
@@ -460,7 +464,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             log.error("interrupted", extra={"exit_code": int(ExitCode.FATAL)})
             return int(ExitCode.FATAL)
+        except Exception as exc:
+            # Unforeseen (a full disk, a bug): one line all the same, in the format asked for,
+            # naming the place rather than printing a traceback whose text may hold values.
+            log.error(
+                "error: unexpected %s%s",
+                _failure_line(exc),
+                _where(exc),
+                extra={"error": type(exc).__name__, "exit_code": int(ExitCode.FATAL)},
+            )
+            return int(ExitCode.FATAL)
         return int(code)
+
+
+def _where(exc: BaseException) -> str:
+    """` at <file>:<line> in <function>` of the innermost frame, for a bug report."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" at {Path(last.filename).name}:{last.lineno} in {last.name}"
 
 
 if __name__ == "__main__":  # pragma: no cover

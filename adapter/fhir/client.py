@@ -340,7 +340,11 @@ class FhirClient:
         for _ in range(MAX_REDIRECTS + 1):
             try:
                 response = await self._send_once(method, url, content, headers)
-            except TransportError as exc:
+            except FhirError as exc:
+                # No answer, or (from the auth flow) a token endpoint's 429 or 5xx: an outage
+                # takes both down, and the request's retry budget covers both.
+                if not exc.temporary:
+                    raise
                 raise _RetryLater(exc) from exc
             if response.status_code not in _REDIRECTS:
                 error = _status_error(response, url)

@@ -17,8 +17,9 @@ from adapter.sweep import SweepResult
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-#: `research_subject` of a patient whose write was under way when the sink failed: it may or may
-#: not have reached the sink (the next run finds out, and writes what is missing).
+#: `research_subject` of a patient whose write was under way when the sink failed, or of every
+#: flagged patient while the sink is written: it may or may not have reached the sink (the next
+#: run finds out, and writes what is missing).
 UNCONFIRMED = "unconfirmed"
 #: `research_subject` of a patient that was to be written when the sink failed, and was not.
 NOT_WRITTEN = "not_written"
@@ -99,10 +100,14 @@ def sweep_json(
     With `sink_status` (`started`, written before the first sink write; `complete`; `failed`),
     `sink_writes` says which flagged patients' ResearchSubjects the sink holds (`written`: their
     outcome is under the patient), which it may hold (`unconfirmed`) and which it does not
-    (`not_written`), and the fatal error's line.
+    (`not_written`), and the fatal error's line. Until the sink is done (`started`: all a run
+    killed mid-sink leaves behind) every flagged patient is `unconfirmed`, never `not_written`.
     """
     doc = results_json(sweep, extra={"sink": sink})
     failed = sink_status == "failed"
+    if sink_status == "started":
+        pending = (v.patient for v in sweep.verdicts if v.status in _FLAGGED)
+        writes = {p: writes.get(p, UNCONFIRMED) for p in pending}
     for entry in doc["patients"]:
         outcome = writes.get(entry["patient"])
         if outcome is None and failed and entry["status"] in {s.value for s in _FLAGGED}:

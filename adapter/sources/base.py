@@ -63,16 +63,13 @@ def patient_id_of(resource: Resource) -> str | None:
 
 
 def is_foreign(resource: Resource) -> bool:
-    """Whether the resource's subject is another server's patient: an absolute reference (one
-    the source did not make relative) to a `.../Patient/<id>`."""
+    """Whether the resource's subject is not a local patient's: an absolute reference that the
+    source did not make relative, such as another server's `.../Patient/<id>` or a `urn:uuid:`
+    no Bundle entry resolves (issue 10: counted and reported, never dropped unseen)."""
     if resource.get("resourceType") == "Patient":
         return False
     text = _subject_reference(resource)
-    return (
-        text is not None
-        and _ABSOLUTE.match(text) is not None
-        and _patient_id_from_reference(text) is not None
-    )
+    return text is not None and _ABSOLUTE.match(text) is not None
 
 
 def count_foreign(counts: Counter[str], seen: set[tuple[str, str]], resource: Resource) -> None:

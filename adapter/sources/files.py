@@ -50,6 +50,7 @@ _BOM = b"\xef\xbb\xbf"
 _QUOTE = ord('"')
 # The FHIR R4 `id` datatype; the bytes pre-check below is exact only for ids of this form.
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ABSOLUTE_REFERENCE = re.compile(rb'"reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
 
 # Resources, and None where the event loop gets a turn. One at a time, not in lists: a list of
 # a thousand parsed resources outlives the young GC generation and made reading 2.5 times slower.
@@ -132,6 +133,9 @@ class FolderSource:
         wanted = query.patients
         prefilter = _prefilter(query)
         present = 0
+        # Lines are pre-checked only once one has been parsed as the type: a file holding only
+        # other types (or nothing wanted) must still fail as empty, not pass unread.
+        confirmed = False
         for number, line in enumerate(_lines(path), 1):
             if number % _LINES_PER_TURN == 0:
                 yield None
@@ -139,7 +143,7 @@ class FolderSource:
                 line = line[len(_BOM) :]
             if line.isspace() or not line:
                 continue
-            if prefilter is not None and not _may_belong(line, prefilter):
+            if prefilter is not None and confirmed and not _may_belong(line, prefilter):
                 present += 1
                 self.other_patients[resource_type] += 1
                 continue
@@ -148,6 +152,7 @@ class FolderSource:
                 self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
                 continue
             present += 1
+            confirmed = True
             if is_foreign(resource):
                 count_foreign(self.foreign, self._foreign_seen, resource)
             elif wanted is None or patient_id_of(resource) in wanted:
@@ -156,7 +161,9 @@ class FolderSource:
                 self.other_patients[resource_type] += 1
         if not present:
             # A truncated copy or an export cut short: not a type with nothing to say.
-            raise IncompleteInputError(f"{path}: empty, no {resource_type} resources in the file")
+            raise IncompleteInputError(
+                f"{_shown(path)}: empty, no {resource_type} resources in the file"
+            )
         return present
 
     def _read_json(self, path: Path, query: Query) -> tuple[list[Resource], int]:
@@ -246,9 +253,11 @@ def _lines(path: Path) -> Iterator[bytes]:
         with _open(path) as stream:
             yield from stream
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise IncompleteInputError(f"{path}: not gzip, or corrupt or truncated gzip data") from exc
+        raise IncompleteInputError(
+            f"{_shown(path)}: not gzip, or corrupt or truncated gzip data"
+        ) from exc
     except OSError as exc:
-        raise IncompleteInputError(f"{path}: cannot read ({_why(exc)})") from exc
+        raise IncompleteInputError(f"{_shown(path)}: cannot read ({_why(exc)})") from exc
 
 
 def _parse_line(line: bytes, path: Path, number: int) -> Resource:
@@ -257,10 +266,10 @@ def _parse_line(line: bytes, path: Path, number: int) -> Resource:
     except orjson.JSONDecodeError as exc:
         # `from None`: the exception keeps the whole line, patient data included, in `doc`.
         raise IncompleteInputError(
-            f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})"
+            f"{_shown(path)}:{number}: not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
     if not isinstance(value, dict):
-        raise IncompleteInputError(f"{path}:{number}: not a JSON object")
+        raise IncompleteInputError(f"{_shown(path)}:{number}: not a JSON object")
     return value
 
 
@@ -268,14 +277,14 @@ def _parse_document(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise IncompleteInputError(f"{path}: cannot read ({_why(exc)})") from exc
+        raise IncompleteInputError(f"{_shown(path)}: cannot read ({_why(exc)})") from exc
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise IncompleteInputError(
-            f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})"
+            f"{_shown(path)}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})"
         ) from None
 
 
@@ -294,8 +303,8 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     A reference that `patient_id_of` reads as a wanted id appears in the raw line as
     `Patient/<id>` followed by `"` or `/`, unless JSON escapes spell it (`\\/`, `\\u0050`): those
     lines go on to the parse, and so does anything not shaped like one whole object, so that a
-    truncated line still fails the sweep, and so does an absolute `.../Patient/<id>` reference,
-    so that it is counted in `foreign`. Parsing confirms every line let through.
+    truncated line still fails the sweep, and so does an absolute reference (`.../Patient/<id>`,
+    `urn:uuid:...`), so that it is counted in `foreign`. Parsing confirms every line let through.
     """
     if not line.startswith(b"{") or not line.rstrip().endswith(b"}"):
         return True
@@ -312,7 +321,8 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
         if line[start:end].split(b"/", 1)[0] in wanted:
             return True
         start = line.find(b"Patient/", start)
-    return False
+    # An absolute reference without `Patient/` (`urn:uuid:...`): parsed, so it is counted too.
+    return _ABSOLUTE_REFERENCE.search(line) is not None
 
 
 def _id_from_full_url(full_url: str) -> str:
@@ -339,3 +349,21 @@ def _rewrite_references(node: Any, targets: Mapping[str, str]) -> None:
 
 def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+#: Bulk Data file names (`Observation.ndjson`, `Observation.000.ndjson.gz`, `Patient_1.json`)
+_TYPE_NAMED = re.compile(r"[A-Z][A-Za-z]{0,63}([._-]\d+)*\.(ndjson|json)(\.gz)?")
+
+
+def _shown(path: Path) -> str:
+    """A file as messages show it. Files named after their resource type are shown whole; other
+    names may name a patient (Synthea writes `Given_Family_<uuid>.json`), so such a file is
+    shown by its folder and its place in name order (`ls | sed -n Np` finds it)."""
+    if _TYPE_NAMED.fullmatch(path.name):
+        return str(path)
+    try:
+        names = sorted(p.name for p in path.parent.iterdir())
+        place = f"file {names.index(path.name) + 1} of {len(names)} in name order"
+    except (OSError, ValueError):
+        place = "a file"
+    return f"{path.parent}/({place}; its name is not shown: it may name a patient)"

@@ -102,6 +102,33 @@ def test_results_are_written_before_the_sink_and_say_it_completed(tmp_path, caps
     assert doc["sink_writes"]["not_written"] == doc["sink_writes"]["unconfirmed"] == []
 
 
+def test_results_left_by_a_run_killed_mid_sink_claim_no_patient_as_not_written(tmp_path, capsys):
+    """What results.json says while the sink is written (all a SIGKILL leaves): every flagged
+    patient unconfirmed, since any of them may already be on the server, none `not_written`."""
+    sink = FakeFhir(SINK)
+    during: list[dict] = []
+
+    def hook(request: httpx.Request) -> None:
+        subjects = request.method == "PUT" and "/ResearchSubject/" in request.url.path
+        if subjects and not during:
+            during.append(results(tmp_path / "out"))
+
+    sink.hook = hook
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="sink.test").mock(side_effect=sink.handle)
+        code, err = sweep(
+            capsys, "--source", str(DEMO), "--sink", SINK, "--out", str(tmp_path / "out")
+        )
+    assert code == 0, err
+    (doc,) = during
+    section = doc["sink_writes"]
+    assert section["status"] == "started"
+    assert section["written"] == section["not_written"] == []
+    assert section["unconfirmed"] == flagged(doc)
+    by_patient = {p["patient"]: p.get("research_subject") for p in doc["patients"]}
+    assert {by_patient[p] for p in flagged(doc)} == {"unconfirmed"}
+
+
 def test_a_server_sink_failing_mid_run_leaves_results_saying_what_was_written(tmp_path, capsys):
     """The server goes away after the first ResearchSubject: exit 1, and results.json lists the
     written one, the one whose write is unconfirmed, and the rest as not written."""

@@ -119,6 +119,53 @@ def test_with_json_logs_the_final_error_line_is_json_too(tmp_path, capsys, args,
         assert "?" not in str(retry["path"])
 
 
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        (["--log-format", "json", "--log-level", "loud"], 2),  # the bad level is the error
+        (["--log-format", "json", "--log-level"], 2),  # and so is a missing one
+        (["--log-form", "json", "--source", "/no/such/folder"], 2),  # argparse's abbreviation
+        (["--log-form", "json"], 0),
+    ],
+)
+def test_json_asked_for_in_any_accepted_spelling_makes_every_line_json(
+    tmp_path, capsys, options, code
+):
+    """A bad --log-level, or --log-format abbreviated as argparse allows, keeps the lines JSON."""
+    got, _, err = run(capsys, *sweep(tmp_path), *options)
+    assert got == code
+    lines = json_lines(err)
+    assert lines[-1]["level"] == ("error" if code else "info")
+
+
+def _full_disk(*_args: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def _bug(*_args: object) -> None:
+    raise KeyError("demo-01")  # a bug whose message holds a patient id
+
+
+@pytest.mark.parametrize(
+    ("target", "failure"),
+    [("adapter.state._write_holder", _full_disk), ("adapter.cli.run_sweep", _bug)],
+    ids=["state-folder-disk-full", "a-bug"],
+)
+def test_an_unexpected_failure_is_one_json_line_without_patient_data(
+    tmp_path, capsys, monkeypatch, target, failure
+):
+    """Even a failure the adapter did not foresee ends with one JSON error line and exit 1."""
+    monkeypatch.setattr(target, failure)
+    args = sweep(tmp_path, "--sink", str(tmp_path / "subjects"), "--log-format", "json")
+    code, _, err = run(capsys, *args)
+    assert code == 1
+    last = json_lines(err)[-1]
+    assert last["level"] == "error"
+    assert last["exit_code"] == 1
+    assert "demo-" not in err
+    assert not (tmp_path / "subjects").exists()
+
+
 def test_text_lines_carry_time_level_and_run_id(tmp_path, capsys):
     """Text format: `<time> <LEVEL> [<run id>] <message>`, the error line included."""
     code, _, err = run(capsys, *sweep(tmp_path), "--source", "/no/such/folder")

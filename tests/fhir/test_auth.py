@@ -612,6 +612,28 @@ def test_token_endpoint_503_is_temporary(tmp_path: Path, rsa_key: rsa.RSAPrivate
         run(smart_config(write_pem(tmp_path / "k.pem", rsa_key)), get_patient)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(503, headers={"Retry-After": "1"}, text="Service Unavailable"),
+        httpx.Response(429, json={"error": "slow_down"}),
+        httpx.ConnectError("connection refused"),
+    ],
+    ids=["503", "429", "no-answer"],
+)
+@respx.mock
+def test_a_token_endpoint_that_fails_for_a_moment_is_retried_with_the_request(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, failure: httpx.Response | Exception
+) -> None:
+    """The token endpoint is down during an outage too: its temporary failure is retried within
+    the request's retry budget, as the FHIR server's own would be, not fatal at once."""
+    smart = smart_setup(tmp_path, rsa_key)
+    smart.token.mock(side_effect=[failure, smart.endpoint])
+    respx.get(PATIENT).mock(side_effect=patient_seen_with("access-1"))
+    assert run(smart.config, get_patient) == {"resourceType": "Patient", "id": "p1"}
+    assert smart.token.call_count == 2
+
+
 # -- the header goes only to the configured server -------------------------------------------
 
 

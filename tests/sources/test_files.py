@@ -224,14 +224,16 @@ def test_a_needed_type_without_its_file_is_incomplete_input_naming_the_type(
     ],
     ids=["empty", "blank-lines", "empty-part", "empty-gzip", "only-another-type"],
 )
+@pytest.mark.parametrize("patients", [None, {"p1"}], ids=["all", "the-sweeps-batch"])
 def test_an_empty_file_of_a_needed_type_is_incomplete_input(
-    tmp_path: Path, name: str, data: bytes
+    tmp_path: Path, name: str, data: bytes, patients: set[str] | None
 ) -> None:
-    """An empty file is a cut-short copy, even beside a full one: it fails, naming the file."""
+    """An empty file is a cut-short copy, even beside a full one: it fails, naming the file,
+    also when the sweep asks for some patients only (lines are then pre-checked, not parsed)."""
     write_ndjson(tmp_path / "Observation.000.ndjson", obs("o1"))
     (tmp_path / name).write_bytes(data)
     with pytest.raises(IncompleteInputError, match=rf"{name}: empty"):
-        collect(FolderSource(tmp_path), "Observation")
+        collect(FolderSource(tmp_path), "Observation", patients)
 
 
 def test_an_empty_file_of_a_type_not_fetched_is_no_error(tmp_path: Path) -> None:
@@ -267,13 +269,23 @@ def test_a_type_in_no_bundle_is_absent_and_in_one_bundle_is_present(tmp_path: Pa
 # --- another server's patients (issue 10, item 3) ------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "http://other-hospital.example/fhir/Patient/h01",
+        # A Bulk export's urn:uuid that no Bundle entry resolves: nobody's here, not dropped unseen.
+        "urn:uuid:5e1c2f0a-9b7d-4c1e-8f3a-2d6b9e0c4a17",
+    ],
+    ids=["other-server", "unresolved-urn-uuid"],
+)
 @pytest.mark.parametrize("patients", [None, {"h01"}, {"h02"}], ids=["all", "h01", "h02"])
 @pytest.mark.parametrize("storage", ["ndjson", "bundle"])
 def test_another_servers_patient_is_not_the_local_one_and_is_counted(
-    tmp_path: Path, storage: str, patients: set[str] | None
+    tmp_path: Path, storage: str, patients: set[str] | None, reference: str
 ) -> None:
-    """`http://other-hospital.example/fhir/Patient/h01` is not local h01: left out, counted."""
-    foreign = obs("theirs", "http://other-hospital.example/fhir/Patient/h01")
+    """`http://other-hospital.example/fhir/Patient/h01` is not local h01: left out, counted;
+    so is any subject that is neither relative nor resolved (issue 10: "count the rest")."""
+    foreign = obs("theirs", reference)
     local = obs("ours", "h01")
     if storage == "bundle":
         write_json(
@@ -398,9 +410,11 @@ def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path)
 
 
 def test_a_malformed_json_file_fails_with_file_and_line(tmp_path: Path) -> None:
-    """A broken Bundle file stops the sweep, naming the file and line."""
-    (tmp_path / "b.json").write_text('{\n  "resourceType": "Bundle",\n  "entry": [\n  ,]\n}\n')
-    with pytest.raises(IncompleteInputError, match=r"b\.json:4: not valid JSON"):
+    """A broken Bundle file stops the sweep, naming the file (a type-named one) and line."""
+    (tmp_path / "Bundle_1.json").write_text(
+        '{\n  "resourceType": "Bundle",\n  "entry": [\n  ,]\n}\n'
+    )
+    with pytest.raises(IncompleteInputError, match=r"Bundle_1\.json:4: not valid JSON"):
         collect(FolderSource(tmp_path), "Patient")
 
 
@@ -574,3 +588,16 @@ def test_the_bytes_pre_check_agrees_with_a_full_parse_on_synthea(shared_data: Pa
     expected = [r["id"] for r in everything if patient_id_of(r) in patients]
     assert len(expected) > 100
     assert ids(collect(source, "Observation", patients)) == expected
+
+
+def test_a_broken_file_named_after_a_patient_is_not_named_in_the_error(tmp_path: Path) -> None:
+    """Synthea names Bundle files after the patient: errors show the file's place, not its name."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "Abe604_Frami345_1234.json").write_text("{not json")
+    with pytest.raises(IncompleteInputError) as info:
+        collect(FolderSource(folder), "Condition", None)
+    message = str(info.value)
+    assert "Abe604" not in message
+    assert "Frami345" not in message
+    assert "file 1 of 1 in name order" in message
