@@ -12,39 +12,41 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A mapping file's record: unknown keys are mistakes, values never change after loading."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SystemModel(_Strict):
+class SystemModel(Strict):
     urls: list[str] = Field(min_length=1)
     match: Literal["exact", "icd"]
 
 
-class SystemsFile(_Strict):
+class SystemsFile(Strict):
     systems: dict[str, SystemModel]
     #: a system's URL -> its other spellings (the OID forms of the standard systems, v2)
     equivalents: dict[str, list[str]] = {}
 
 
-class CodeSetModel(_Strict):
+class CodeSetModel(Strict):
     description: str = ""
     include: dict[str, list[str]]
     exclude: dict[str, list[str]] = {}
     search_variants: dict[str, list[str]] = {}
 
 
-class CodeSetsFile(_Strict):
+class CodeSetsFile(Strict):
     codesets: dict[str, CodeSetModel]
 
 
-class CodedAs(_Strict):
+class CodedAs(Strict):
     system: str
     code: str
     molar_mass: float = Field(gt=0)
 
 
-class Bounds(_Strict):
+class Bounds(Strict):
     low: float = Field(ge=0, allow_inf_nan=False)
     high: float = Field(gt=0, allow_inf_nan=False)
 
@@ -55,7 +57,7 @@ class Bounds(_Strict):
         return self
 
 
-class AnalyteModel(_Strict):
+class AnalyteModel(Strict):
     name: str
     unit: str
     molar_mass: float | None = Field(default=None, gt=0)
@@ -82,30 +84,30 @@ ANALYTE_SCALARS = (
 )
 
 
-class AnalytesFile(_Strict):
+class AnalytesFile(Strict):
     analytes: dict[str, AnalyteModel]
 
 
-class LocalCode(_Strict):
+class LocalCode(Strict):
     system: str
     code: str
     analyte: str
 
 
-class LocalCodesFile(_Strict):
+class LocalCodesFile(Strict):
     local_codes: list[LocalCode] = []
 
 
 # --- a site folder's files (issue 9) -------------------------------------------------------------
 
 
-class SystemPatch(_Strict):
+class SystemPatch(Strict):
     urls: list[str] | None = Field(default=None, min_length=1)
     match: Literal["exact", "icd"] | None = None
     replace: bool = False
 
 
-class CodeSetPatch(_Strict):
+class CodeSetPatch(Strict):
     description: str | None = None
     include: dict[str, list[str]] = {}
     exclude: dict[str, list[str]] = {}
@@ -113,12 +115,12 @@ class CodeSetPatch(_Strict):
     replace: bool = False
 
 
-class BoundsPatch(_Strict):
+class BoundsPatch(Strict):
     low: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     high: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
-class AnalytePatch(_Strict):
+class AnalytePatch(Strict):
     name: str | None = None
     unit: str | None = None
     molar_mass: float | None = Field(default=None, gt=0)
@@ -133,7 +135,7 @@ class AnalytePatch(_Strict):
     replace: bool = False
 
 
-class UlnBandModel(_Strict):
+class UlnBandModel(Strict):
     """A default ULN for one sex and age band, in the analyte's canonical unit."""
 
     sex: Literal["male", "female", "any"] = "any"
@@ -149,7 +151,7 @@ class UlnBandModel(_Strict):
         return self
 
 
-class SiteFile(_Strict):
+class SiteFile(Strict):
     """Any file of a site folder; each file may hold only its own keys (`SITE_KEYS`)."""
 
     systems: dict[str, SystemPatch] = {}

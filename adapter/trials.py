@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from adapter import mapfiles
 from adapter.analytes import Analyte, UlnBand
@@ -28,6 +28,7 @@ from adapter.mapschema import (
     AnalytePatch,
     CodeSetModel,
     CodeSetPatch,
+    Strict,
     SystemModel,
     SystemsFile,
     UlnBandModel,
@@ -46,33 +47,29 @@ __all__ = ["SystemsFile", "Trial", "default_mappings_dir", "load_trial"]
 VALUESETS = "valuesets"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StudyIdentifier(_Strict):
+class StudyIdentifier(Strict):
     system: str
     value: str
 
 
-class Cohort(_Strict):
+class Cohort(Strict):
     active_condition_in: list[str] = Field(min_length=1)
 
 
-class ManualCriterion(_Strict):
+class ManualCriterion(Strict):
     id: str
     description: str
 
 
-class TrialFile(_Strict):
+class TrialFile(Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
     title: str
     study: StudyIdentifier
     cohort: Cohort
     criteria: list[Annotated[Any, Field()]]
-    manual: list[ManualCriterion] = []
-    codesets: dict[str, CodeSetModel] = {}
-    analytes: dict[str, AnalyteModel] = {}
+    manual: list[ManualCriterion] = Field(default_factory=list)
+    codesets: dict[str, CodeSetModel] = Field(default_factory=dict)
+    analytes: dict[str, AnalyteModel] = Field(default_factory=dict)
 
     @field_validator("criteria")
     @classmethod
@@ -130,13 +127,18 @@ class Trial:
 
 
 def load_trial(
-    name: str, mappings_dir: Path | None = None, site_mappings: Path | None = None
+    name: str,
+    mappings_dir: Path | None = None,
+    site_mappings: Path | None = None,
+    *,
+    mappings: Mappings | None = None,
 ) -> Trial:
     """Load trial `name` (an id in `trials/`, or a file path) and every mapping it uses.
 
-    `mappings_dir` replaces the bundled folder; `site_mappings` is merged over it.
+    `mappings_dir` replaces the bundled folder; `site_mappings` is merged over it. `mappings`,
+    already loaded from those, serves several trials with one read of the folders.
     """
-    maps = load_mappings(mappings_dir, site_mappings)
+    maps = mappings or load_mappings(mappings_dir, site_mappings)
     candidate = Path(name)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         path = candidate

@@ -24,17 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapter import mapfiles
 from adapter.errors import MappingError
+from adapter.mapschema import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Refresh(_Strict):
+class Refresh(Strict):
     """How a terminology server re-expands the set: an implicit is-a set, or a named one."""
 
     isa: str | None = None
@@ -47,7 +44,7 @@ class Refresh(_Strict):
         return self
 
 
-class Source(_Strict):
+class Source(Strict):
     name: str
     url: str | None = None
     version: str | None = None
@@ -56,12 +53,12 @@ class Source(_Strict):
     where: str | None = None
 
 
-class CodeEntry(_Strict):
+class CodeEntry(Strict):
     display: str
     source: str | None = None
 
 
-class ValueSetModel(_Strict):
+class ValueSetModel(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
     title: str
     system: str
@@ -95,7 +92,7 @@ class ValueSetModel(_Strict):
         return entry if isinstance(entry, str) else entry.display
 
 
-class ValueSetFile(_Strict):
+class ValueSetFile(Strict):
     valueset: ValueSetModel
 
 

@@ -9,7 +9,7 @@ be read; same-timestamp readings that disagree give unknown.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
@@ -72,13 +72,18 @@ def latest_reading(
     if only_readable:
         inside = [lab for lab in inside if read(lab) is not None]
         straddling = [lab for lab in straddling if read(lab) is not None]
+    def as_read(lab: LabValue) -> Hashable:
+        value = read(lab)
+        return ("read", value) if value is not None else same_value(lab)
+
+    # Coded readings agree, and decide alike, when `read` gives the same for them.
     choice = choose_latest(
         inside,
         straddling,
         what=what,
         none=f"no {what} in the {days} days before {ctx.as_of.isoformat()}",
-        outcome=lambda lab: ("read", read(lab)) if read(lab) is not None else same_value(lab),
-        agree=lambda lab: ("read", read(lab)) if read(lab) is not None else same_value(lab),
+        outcome=as_read,
+        agree=as_read,
     )
     if choice.lab is None:
         return Reading(None, problem=choice.problem, absent=choice.absent)

@@ -37,27 +37,25 @@ class Mappings:
     hints: Mapping[str, Hint]
 
 
-def trial_names(mappings_dir: Path, site_dir: Path | None) -> list[str]:
+def trial_names(merged: site_mappings.Mappings) -> list[str]:
     """Every bundled trial id, then the site folder's own."""
-    folders = site_mappings.load_mappings(mappings_dir, site_dir).trial_dirs()
-    return [p.stem for folder in folders for p in sorted(folder.glob("*.yaml"))]
+    return [p.stem for folder in merged.trial_dirs() for p in sorted(folder.glob("*.yaml"))]
 
 
 def load_mappings(names: Sequence[str], mappings_dir: Path, site_dir: Path | None) -> Mappings:
-    """The trials named (every trial when empty), the known systems and the hints."""
-    chosen = list(dict.fromkeys(names)) or trial_names(mappings_dir, site_dir)
+    """The trials named (every trial when empty), the known systems and the hints; the
+    mappings folders are read once for all of them."""
+    merged = site_mappings.load_mappings(mappings_dir, site_dir)
+    chosen = list(dict.fromkeys(names)) or trial_names(merged)
     if not chosen:
         raise MappingError(str(mappings_dir / "trials"), "no trial to survey")
-    trials = tuple(load_trial(name, mappings_dir, site_mappings=site_dir) for name in chosen)
+    trials = tuple(load_trial(name, mappings=merged) for name in chosen)
     analytes = {name for trial in trials for name in trial.analytes}
-    return Mappings(
-        trials, known_systems(mappings_dir, site_dir), load_hints(mappings_dir, site_dir, analytes)
-    )
+    return Mappings(trials, known_systems(merged), load_hints(mappings_dir, site_dir, analytes))
 
 
-def known_systems(mappings_dir: Path, site_dir: Path | None) -> KnownSystems:
+def known_systems(merged: site_mappings.Mappings) -> KnownSystems:
     """URLs and other spellings of the systems the (merged) mappings declare, and URL -> name."""
-    merged = site_mappings.load_mappings(mappings_dir, site_dir)
     urls: set[str] = set()
     names: dict[str, str] = {}
     for name, model in merged.systems.items():
