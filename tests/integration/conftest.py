@@ -522,3 +522,27 @@ def extended_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Extend
         stopped = run_server_sh("stop", env)
         if stopped.returncode != 0:
             sys.stderr.write(f"stopping the extended server failed:\n{stopped.stderr}\n")
+
+
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain sekmet-fhir instance of the module's own (its base URL), for tests that load a
+    population of their own: the session's server holds the demo, whose counts other modules
+    compare. Its state is in a temporary folder; it is stopped when the module ends."""
+    if not (FHIR_VENV / "bin" / "sekmet").exists() and not on_ci():
+        pytest.skip(
+            f"{FHIR_VENV} is missing: run `make test` (or tools/fhir-server/server.sh start) once"
+        )
+    env = {**os.environ, "FHIR_STATE_DIR": str(tmp_path_factory.mktemp("private") / "state")}
+    for name in ("FHIR_SMART", "FHIR_SEARCH_PARAMS"):
+        env.pop(name, None)
+    env["FHIR_PORT"] = str(any_free_port())
+    try:
+        started = run_server_sh("start", env)
+        if started.returncode != 0:
+            pytest.fail(f"the private server did not start:\n{started.stderr[-3000:]}")
+        yield started.stdout.strip().rstrip("/")
+    finally:
+        stopped = run_server_sh("stop", env)
+        if stopped.returncode != 0:
+            sys.stderr.write(f"stopping the private server failed:\n{stopped.stderr}\n")
