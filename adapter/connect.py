@@ -1,8 +1,9 @@
 """Opening sources and FHIR servers from the command line's words and the site configuration.
 
-The one place that builds HTTP clients: each server gets its own `httpx.AsyncClient` (TLS
-verification on, redirects left to FhirClient's trust checks), its authentication, retries and
-limits from `ServerConfig`.
+The one place that builds FHIR server clients: each server gets its own `httpx.AsyncClient`
+(adapter.fhir.transport: TLS verification on, proxy and CA bundle from the site file and never
+from the environment, redirects left to FhirClient's trust checks), its authentication, retries,
+deadline, body and search limits from `ServerConfig`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
-import httpx
-
 from adapter.config import ServerConfig
 from adapter.fhir.auth import build_auth
 from adapter.fhir.capability import ServerCapabilities, read_capabilities
 from adapter.fhir.client import FhirClient
+from adapter.fhir.transport import http_client
 from adapter.sources.base import Source
 from adapter.sources.files import FolderSource
 from adapter.sources.rest import FACT_ELEMENTS, RestSource
@@ -32,8 +32,13 @@ def is_url(text: str) -> bool:
 async def fhir_client(
     url: str, config: ServerConfig, *, env: Mapping[str, str]
 ) -> AsyncIterator[FhirClient]:
-    """A FhirClient for `url` with the configured auth, retries and limits; closed on exit."""
-    async with httpx.AsyncClient(timeout=config.timeout, follow_redirects=False) as http:
+    """A FhirClient for `url` with the configured auth, retries and limits; closed on exit.
+
+    A configured auth against a plain-http server or origin (other than this machine) is a
+    ConfigError here, before any request (adapter.fhir.auth.build_auth).
+    """
+    client = http_client(timeout=config.timeout, proxy=config.proxy, ca_bundle=config.ca_bundle)
+    async with client as http:
         auth = build_auth(
             config.auth,
             env=env,
@@ -49,6 +54,9 @@ async def fhir_client(
             extra_trusted_origins=config.trusted_origins,
             retry=config.retry(),
             limits=config.limits(),
+            deadline=config.timeout,
+            max_response_bytes=config.max_response_bytes(),
+            search_limits=config.search_limits(),
         )
 
 

@@ -8,23 +8,28 @@ AdapterError                      base of everything the adapter raises on purpo
 │   └── MappingError              a mapping or trial file fails its schema (file, line, field)
 ├── SourcePathError               a --source path that is not a folder                 exit 2
 ├── IncompleteInputError          the source lacks what the sweep needs: an empty      exit 1
-│                                 folder, a needed type's file absent, empty or
-│                                 unreadable, a corrupt line; no sink is written
+│                                 folder, a needed type's file absent, empty, without
+│                                 one readable line, or unreadable; no sink is written
+│                                 (one corrupt line is skipped and reported: exit 3)
 ├── OutputError                   a report or sink folder that failed mid-write        exit 1
 ├── LockHeldError                 another sweep of the same trial into the same sink   exit 1
 ├── FhirError                     talking to a FHIR server failed                      exit 1
 │   ├── TransportError            no HTTP answer: connection refused, timeout          (temporary)
 │   ├── CertificateError          the server's TLS certificate was refused             (final)
-│   ├── HttpStatusError           an HTTP error status, with URL and OperationOutcome text
+│   ├── HttpStatusError           an HTTP error status, with URL and coded OperationOutcome
 │   │   └── TemporaryHttpError    408, 429, 500, 502, 503, 504                         (temporary)
 │   ├── UntrustedUrlError         a link, redirect or file URL outside the configured server
 │   └── InvalidResponseError      a body that is not the FHIR JSON asked for
+│       └── LimitExceededError    a body, or a search's pages or time, past the site's limit
 └── PatientError                  one patient could not be evaluated or written: the sweep
                                   goes on, lists it under `errors`, and exits 3
 ```
 
-Messages never hold patient identifiers or values, and URLs in them never carry a query string
-(search parameters can hold patient ids): use `redact_url`.
+Messages never hold patient identifiers or values, nor a server's free text: an OperationOutcome's
+diagnostics can name a patient (issue 11), so a message shows only its coded issues, and the text,
+URL queries removed, is kept in `FhirError.detail` (and `PatientError.detail`) for the owner-only
+results. URLs in messages never carry a query string (search parameters can hold patient ids) nor
+resource ids (a deterministic `ta-...` id maps back to its patient): use `redact_url`.
 
 Exit codes (`ExitCode`), the one table for every command (`sweep`, `explain`, `codesets`, and
 those to come):
@@ -32,12 +37,16 @@ those to come):
 | code | meaning |
 |---|---|
 | 0 | done (unknown verdicts never change it) |
-| 1 | fatal: server unreachable, failed search, refused link or certificate, incomplete input, a |
-|   | sweep of the same trial into the same sink already running, a sink failed mid-write, |
-|   | interrupted |
+| 1 | fatal: server unreachable, failed search, refused link or certificate, a response or |
+|   | search past its limit, incomplete input, a sweep of the same trial into the same sink |
+|   | already running, a sink failed mid-write, interrupted, stdout closed by its reader |
+|   | (then quietly, without a message) |
 | 2 | bad arguments (a `--source` that is not a folder, an `--out` or folder `--sink` that cannot |
-|   | be written), configuration, trial or mapping file, unusable state folder |
-| 3 | done, but some patients could not be evaluated or written (listed under `errors`) |
+|   | be written), configuration (credentials for a plain-http server), trial or mapping file, |
+|   | unusable state folder |
+| 3 | done, but some patients could not be evaluated or written (listed under `errors`), or |
+|   | input lines were unreadable (`unreadable_input`; with one that names no patient for |
+|   | sure, nothing is written to the sink) |
 
 `cli.main` is the one place that turns these errors into a one-line message and the exit code.
 """
@@ -45,7 +54,10 @@ those to come):
 from __future__ import annotations
 
 import enum
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from adapter.fhir.resource_types import R4_RESOURCE_TYPES
 
 
 class ExitCode(enum.IntEnum):
@@ -58,15 +70,50 @@ class ExitCode(enum.IntEnum):
 
 
 def redact_url(url: str) -> str:
-    """The URL without its query string, fragment or credentials, for messages and logs."""
+    """The URL for messages and logs: no query, fragment or credentials, and no resource ids.
+
+    `https://h/fhir/ResearchSubject/ta-7710/_history/2?x=1` becomes
+    `https://h/fhir/ResearchSubject/{id}/_history/{vid}` (see `hide_ids`); a relative
+    `Patient/123` becomes `Patient/{id}`.
+    """
     try:
         parts = urlsplit(str(url))
+        port = parts.port
     except ValueError:
         return "<unparseable URL>"
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
+    if port is not None:
+        host = f"{host}:{port}"
+    path = "/".join(hide_ids(parts.path.split("/")))
+    return urlunsplit((parts.scheme, host, path, "", ""))
+
+
+def hide_ids(segments: Sequence[str], *, leading_type: bool = False) -> list[str]:
+    """Path segments with resource ids as `{id}` and versions as `{vid}`.
+
+    A segment after an R4 resource type name is an id, the one after `_history` a version;
+    operations (`$export`) and `_search`, `_history` stay, and so does a base path such as Epic's
+    `/api/FHIR/R4`. With `leading_type`, the first segment counts as a type whatever its name
+    (FhirClient.log_path: the path below the base starts with one).
+    """
+    shown: list[str] = []
+    pending = ""
+    for index, segment in enumerate(segments):
+        name = unquote(segment)
+        if pending and name and not name.startswith(("$", "_")):
+            shown.append(pending)
+            pending = ""
+            continue
+        if name == "_history":
+            pending = "{vid}"
+        elif name in R4_RESOURCE_TYPES or (leading_type and index == 0 and name):
+            pending = "{id}"
+        else:
+            pending = ""
+        shown.append(segment)
+    return shown
 
 
 class AdapterError(Exception):
@@ -131,12 +178,17 @@ class LockHeldError(AdapterError):
 
 
 class FhirError(AdapterError):
-    """Talking to a FHIR server failed."""
+    """Talking to a FHIR server failed.
+
+    `detail` holds what the server said in its own words (OperationOutcome diagnostics, an OAuth
+    error_description), URL queries removed: for the owner-only results, never for a message.
+    """
 
     temporary: bool = False
 
-    def __init__(self, message: str, *, url: str = "") -> None:
+    def __init__(self, message: str, *, url: str = "", detail: str = "") -> None:
         self.url = redact_url(url) if url else ""
+        self.detail = detail
         super().__init__(f"{message} ({self.url})" if self.url else message)
 
 
@@ -154,15 +206,18 @@ class CertificateError(FhirError):
 
 
 class HttpStatusError(FhirError):
-    """An HTTP error status; `outcome` is the OperationOutcome's diagnostics, when there was one."""
+    """An HTTP error status. The message holds `summary`: the OperationOutcome's coded issues
+    (`error/processing (system|code)`, adapter.fhir.outcome) or the adapter's own words; the
+    server's free text is only in `detail`.
+    """
 
-    def __init__(self, status: int, *, url: str, outcome: str = "") -> None:
+    def __init__(self, status: int, *, url: str, summary: str = "", detail: str = "") -> None:
         self.status = status
-        self.outcome = outcome
+        self.summary = summary
         text = f"HTTP {status}"
-        if outcome:
-            text += f": {outcome}"
-        super().__init__(text, url=url)
+        if summary:
+            text += f": {summary}"
+        super().__init__(text, url=url, detail=detail)
 
 
 class TemporaryHttpError(HttpStatusError):
@@ -179,14 +234,23 @@ class InvalidResponseError(FhirError):
     """A response body that is not the FHIR JSON that was asked for."""
 
 
+class LimitExceededError(InvalidResponseError):
+    """A response body, or a search's pages or time, past the site's limit (ServerConfig
+    `max_response_mb`, `max_pages_per_search`, `search_seconds`): a hostile or broken server
+    must not exhaust the machine (issue 11). Not temporary: a retry would meet it again.
+    """
+
+
 class PatientError(AdapterError):
     """One patient could not be evaluated or written; reported under `errors`, exit 3."""
 
     exit_code = ExitCode.PARTIAL
 
-    def __init__(self, patient: str, reason: str) -> None:
+    def __init__(self, patient: str, reason: str, *, detail: str = "") -> None:
         self.patient = patient
         self.reason = reason
+        #: the server's own words behind `reason`, if any (see FhirError.detail)
+        self.detail = detail
         super().__init__(reason)
 
 

@@ -34,6 +34,7 @@ from adapter.errors import (
     redact_url,
 )
 from adapter.fhir.client import FhirClient, JsonObject
+from adapter.fhir.transport import http_client
 from adapter.trials import SystemsFile
 from adapter.valuesets import ValueSetFile, ValueSetModel, load_valueset
 
@@ -51,11 +52,12 @@ _VERSION_PARAMETERS = ("version", "system-version", "used-codesystem")
 
 
 def tx_client(timeout: float) -> httpx.AsyncClient:
-    """The HTTP client for a terminology server: TLS verified, no auth, redirects by FhirClient.
+    """The HTTP client for a terminology server: TLS verified, no auth, redirects by FhirClient,
+    and nothing taken from the environment (no HTTPS_PROXY, no SSL_CERT_FILE: fhir.transport).
 
     The CLI builds its client here, so tests replace this function with one on a MockTransport.
     """
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=True)
+    return http_client(timeout=timeout)
 
 
 def installed_package_dir() -> Path:

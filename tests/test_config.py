@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from adapter.cli import main
-from adapter.config import load_site_config
+from adapter.config import ServerConfig, load_site_config
 from adapter.errors import ConfigError, MappingError
 
 
@@ -119,3 +120,85 @@ def test_a_missing_secret_variable_is_named_at_start(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert code == 2
     assert "NO_SUCH_TOKEN_VAR" in err
+
+
+def test_the_limits_of_issue_11_have_their_defaults():
+    """256 MiB a response, 10,000 pages and an hour a search; no proxy, the bundled CAs."""
+    server = load_site_config(None).source
+    assert (server.max_response_mb, server.max_pages_per_search, server.search_seconds) == (
+        256.0,
+        10_000,
+        3600.0,
+    )
+    assert (server.proxy, server.ca_bundle) == (None, None)
+
+
+def test_limits_proxy_and_ca_bundle_are_read_with_the_bundle_next_to_the_file(tmp_path):
+    """A relative ca_bundle is read from the config file's folder, like the auth key files."""
+    path = write(
+        tmp_path,
+        """
+source:
+  max_response_mb: 1.5
+  max_pages_per_search: 20
+  search_seconds: 90
+  proxy: http://proxy.hospital.example:3128
+  ca_bundle: certs/hospital-ca.pem
+sink:
+  ca_bundle: /etc/ssl/site.pem
+""",
+    )
+    site = load_site_config(path)
+    assert site.source.max_response_bytes() == 1_572_864
+    assert (site.source.search_limits().max_pages, site.source.search_limits().seconds) == (20, 90)
+    assert site.source.proxy == "http://proxy.hospital.example:3128"
+    assert site.source.ca_bundle == tmp_path / "certs" / "hospital-ca.pem"
+    assert site.sink.ca_bundle == Path("/etc/ssl/site.pem")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "timeout: .inf",
+        "timeout: .nan",
+        "search_seconds: .inf",
+        "max_response_mb: .nan",
+        "max_response_mb: 0",
+        "max_pages_per_search: 0",
+        "retry_budget_seconds: .inf",
+        "requests_per_second: .inf",
+    ],
+)
+def test_a_limit_that_is_not_a_finite_positive_number_is_refused(tmp_path, line):
+    """`.inf` seconds or a `.nan` limit would switch the limit off unseen."""
+    path = write(tmp_path, f"source:\n  {line}\n")
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert info.value.line == 2
+
+
+@pytest.mark.parametrize("field", ["timeout", "search_seconds", "max_response_mb"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "nan", "-inf"])
+def test_the_model_itself_refuses_non_finite_numbers(field, value):
+    """Not only the YAML reader: ServerConfig built in code refuses them too."""
+    with pytest.raises(ValidationError):
+        ServerConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "http://user:s3cr3t@proxy.example:3128",
+        "socks5://proxy.example:1080",
+        "proxy.example:3128",
+        "http://proxy.example:3128/path",
+        "http://proxy.example:3128/?x=1",
+    ],
+)
+def test_a_proxy_must_be_an_http_url_without_credentials(tmp_path, proxy):
+    """A proxy password would be a secret in the file: refused, and not echoed."""
+    path = write(tmp_path, f"source:\n  proxy: '{proxy}'\n")
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert (info.value.line, info.value.field) == (2, "source.proxy")
+    assert "s3cr3t" not in str(info.value)

@@ -14,7 +14,7 @@ before it expires, and refreshed once when the FHIR server answers 401.
 
 The auth needs the client for its token requests and the client needs the auth, so:
 
-    http = httpx.AsyncClient(timeout=...)
+    http = adapter.fhir.transport.http_client(timeout=...)
     http.auth = build_auth(site.auth, env=os.environ, base_url=site.base_url, http=http)
 """
 
@@ -55,7 +55,7 @@ from adapter.fhir.credentials import (
     SmartBackendAuth,
     _absolute_url,
 )
-from adapter.fhir.urls import ServerBase
+from adapter.fhir.urls import ServerBase, require_tls
 
 __all__ = [
     "ASSERTION_LIFETIME",
@@ -228,13 +228,20 @@ def build_auth(
     """The `httpx.Auth` for `config` with its secrets read now; None for `type: none`.
 
     Missing or unreadable secrets raise ConfigError naming the variable or file, never the value.
-    `http` is the client the SMART token requests go through (the same one the auth is set on).
+    So does a FHIR server, trusted origin or token endpoint on plain http other than this
+    machine: the credentials would travel in clear text (issue 11). `http` is the client the
+    SMART token requests go through (the same one the auth is set on).
     """
     base = ServerBase.parse(base_url)
     origins = tuple(extra_trusted_origins)
+    if isinstance(config, NoAuthConfig):
+        return None
+    require_tls(base.url, "the FHIR server")
+    for origin in origins:
+        require_tls(origin, "the trusted origin")
+    if isinstance(config, SmartBackendAuthConfig) and config.token_endpoint is not None:
+        require_tls(config.token_endpoint, "the token endpoint")
     match config:
-        case NoAuthConfig():
-            return None
         case BearerAuthConfig():
             token = _read_secret("bearer token", config.token_env, config.token_file, env)
             if not _B64TOKEN.fullmatch(token):

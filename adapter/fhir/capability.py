@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import HttpStatusError, InvalidResponseError
+from adapter.fhir.resource_types import shown_type
 
 if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient, JsonObject
@@ -250,8 +251,7 @@ def _is_subsetted(resource: JsonObject) -> bool:
 def parse_capability_statement(body: JsonObject, *, url: str = "") -> ServerCapabilities:
     """An R4 CapabilityStatement as `ServerCapabilities` (the probe left UNKNOWN)."""
     if body.get("resourceType") != "CapabilityStatement":
-        kind = body.get("resourceType")
-        what = kind[:64] if isinstance(kind, str) else "no resourceType"
+        what = shown_type(body.get("resourceType"))
         raise InvalidResponseError(f"expected a CapabilityStatement, got {what}", url=url)
     rest = _server_rest(body.get("rest"))
     software = body.get("software")

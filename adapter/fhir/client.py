@@ -3,12 +3,15 @@
 `FhirClient` wraps an `httpx.AsyncClient` that the caller builds, configures (auth, timeouts)
 and closes; tests inject one mocked by respx. Errors are classified once, here; temporary ones
 (`FhirError.temporary`) are retried with stamina under a `RetryPolicy` when the request is
-idempotent, and every exchange waits for a slot of the `Limiter`. Every failure leaves as an
-`adapter.errors.FhirError` subclass whose URL has no query string.
+idempotent, and every exchange waits for a slot of the `Limiter`. Each attempt, connect to last
+body byte, has a deadline, and its body a size limit (adapter.fhir.bodies): a server that
+trickles or floods holds neither a request nor the memory (issue 11). Every failure leaves as an
+`adapter.errors.FhirError` subclass whose URL has no query string and no resource id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -23,24 +26,26 @@ import orjson
 import stamina
 
 from adapter.errors import (
-    TEMPORARY_STATUSES,
     CertificateError,
     FhirError,
     HttpStatusError,
     InvalidResponseError,
-    TemporaryHttpError,
     TransportError,
     UntrustedUrlError,
+    hide_ids,
     redact_url,
 )
+from adapter.fhir.bodies import DEFAULT_MAX_RESPONSE, read_bounded
 from adapter.fhir.limits import (
     Clock,
     Limiter,
     Limits,
     RetryPolicy,
+    SearchLimits,
     response_date,
     retry_after_seconds,
 )
+from adapter.fhir.outcome import status_error
 from adapter.fhir.urls import ServerBase, origin_of, parse_url, within
 
 log = logging.getLogger(__name__)
@@ -51,37 +56,11 @@ Params = Mapping[str, str] | Sequence[tuple[str, str]]
 FHIR_JSON = "application/fhir+json"
 FORM = "application/x-www-form-urlencoded"
 MAX_REDIRECTS = 3
-OUTCOME_LIMIT = 500
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # RFC 9110 9.2.2: methods whose repetition has the effect of one request.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
-# OperationOutcome diagnostics often echo the request URL, query (patient ids) included.
-_URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+")
-
-
-def outcome_text(body: object) -> str:
-    """An OperationOutcome's issue diagnostics (or details.text) joined with '; ', URLs redacted.
-
-    Empty when `body` is not an OperationOutcome. Cut to OUTCOME_LIMIT characters: HAPI lists
-    every valid search parameter in some of its messages.
-    """
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return ""
-    issues = body.get("issue")
-    texts: list[str] = []
-    for issue in issues if isinstance(issues, list) else []:
-        if not isinstance(issue, dict):
-            continue
-        text = issue.get("diagnostics")
-        if not isinstance(text, str) or not text.strip():
-            details = issue.get("details")
-            text = details.get("text") if isinstance(details, dict) else None
-        if isinstance(text, str) and text.strip():
-            texts.append(_URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text.strip()))
-    joined = "; ".join(texts)
-    return joined if len(joined) <= OUTCOME_LIMIT else joined[: OUTCOME_LIMIT - 1] + "…"
 
 
 def _pairs(params: Params | None) -> list[tuple[str, str]]:
@@ -169,7 +148,9 @@ class FhirClient:
     Requests go only to URLs under the base (or on `extra_trusted_origins`, which the operator
     thereby trusts with the client's credentials); redirects are followed only to such URLs.
     Temporary failures of idempotent requests are retried by `retry`; every exchange holds a
-    slot of `limits` (a `Limiter` may be shared by the clients of one server).
+    slot of `limits` (a `Limiter` may be shared by the clients of one server). Each attempt must
+    end within `deadline` seconds (None: the injected client's read timeout) with a body of at
+    most `max_response_bytes` (None: any); `search_limits` bound each search (fhir.paging).
     """
 
     def __init__(
@@ -180,6 +161,9 @@ class FhirClient:
         extra_trusted_origins: Iterable[str] = (),
         retry: RetryPolicy | None = None,
         limits: Limits | Limiter | None = None,
+        deadline: float | None = None,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE,
+        search_limits: SearchLimits | None = None,
         clock: Clock = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -188,8 +172,13 @@ class FhirClient:
         self._origins = frozenset(origin_of(o) for o in extra_trusted_origins)
         self.retry = retry or RetryPolicy()
         self.limiter = limits if isinstance(limits, Limiter) else Limiter(limits)
-        # The retry budget is measured on `clock`; tests give a simulated one.
-        self._clock = clock
+        # httpx's timeouts bound each read, not the whole: a server that sends a byte every few
+        # seconds never trips them (issue 11 held one request 120 s under a 10 s timeout).
+        self.deadline = http.timeout.read if deadline is None else deadline
+        self.max_response_bytes = max_response_bytes
+        self.search_limits = search_limits or SearchLimits()
+        # The retry budget and search time are measured on `clock`; tests give a simulated one.
+        self.clock = clock
         self._jitter = jitter
 
     def is_trusted(self, url: str | httpx.URL) -> bool:
@@ -237,12 +226,8 @@ class FhirClient:
         parsed = parse_url(url)
         if parsed is None or parsed.segments[: len(self.base.segments)] != self.base.segments:
             return "/{other}"  # a trusted origin's file URL: nothing of it is logged
-        rest = list(parsed.segments[len(self.base.segments) :])
-        shown = []
-        for i, part in enumerate(rest):
-            keep = i == 0 or part.startswith(("$", "_")) or (i == 2 and rest[1] == "_history")
-            shown.append(part if keep and i != 3 else ("{vid}" if i == 3 else "{id}"))
-        return "/" + "/".join((*self.base.segments, *shown))
+        rest = hide_ids(parsed.segments[len(self.base.segments) :], leading_type=True)
+        return "/" + "/".join((*self.base.segments, *rest))
 
     async def request(
         self,
@@ -289,7 +274,7 @@ class FhirClient:
         """
         plain = dict(headers or {})
         policy = self.retry
-        started = self._clock()
+        started = self.clock()
         failed = 0
         lost = False
 
@@ -298,7 +283,7 @@ class FhirClient:
             if not isinstance(exc, _RetryLater):
                 return False
             failed += 1
-            elapsed = self._clock() - started
+            elapsed = self.clock() - started
             wait = policy.next_wait(failed, elapsed, retry_after=exc.wait, jitter=self._jitter())
             if wait is None:
                 return False
@@ -347,7 +332,7 @@ class FhirClient:
                     raise
                 raise _RetryLater(exc) from exc
             if response.status_code not in _REDIRECTS:
-                error = _status_error(response, url)
+                error = status_error(response, url)
                 if error is None:
                     return response
                 if error.temporary:
@@ -386,9 +371,17 @@ class FhirClient:
             method, url, content=content, headers={"Accept": FHIR_JSON, **headers}
         )
         try:
-            # Not streamed: the body is read inside the slot, so a slot is one whole exchange.
+            # The body is read inside the slot, so a slot is one whole exchange; the deadline
+            # starts once the slot is held (waiting for it is the adapter's doing).
             async with self.limiter.slot():
-                return await self.http.send(request, follow_redirects=False)
+                try:
+                    async with asyncio.timeout(self.deadline):
+                        response = await self.http.send(
+                            request, follow_redirects=False, stream=True
+                        )
+                        return await read_bounded(response, self.max_response_bytes, url)
+                except TimeoutError as exc:
+                    raise TransportError("the FHIR server did not answer in time", url=url) from exc
         except httpx.TransportError as exc:
             raise transport_error(exc, "the FHIR server", url) from exc
         except httpx.DecodingError as exc:
@@ -417,19 +410,6 @@ def _log_retry(
             "wait": round(wait, 3),
         },
     )
-
-
-def _status_error(response: httpx.Response, url: str) -> HttpStatusError | None:
-    """The classified error of an error status; None for a success."""
-    status = response.status_code
-    if status < 400:
-        return None
-    try:
-        body: object = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
-    error = TemporaryHttpError if status in TEMPORARY_STATUSES else HttpStatusError
-    return error(status, url=url, outcome=outcome_text(body))
 
 
 def _json_object(response: httpx.Response) -> JsonObject:

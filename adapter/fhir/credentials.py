@@ -36,10 +36,13 @@ from adapter.errors import (
     HttpStatusError,
     InvalidResponseError,
     TemporaryHttpError,
+    TransportError,
     redact_url,
 )
-from adapter.fhir.client import OUTCOME_LIMIT, outcome_text, transport_error
-from adapter.fhir.urls import ServerBase, is_trusted
+from adapter.fhir.bodies import SMALL_RESPONSE, read_bounded
+from adapter.fhir.client import transport_error
+from adapter.fhir.outcome import cut, outcome_text, parse_body
+from adapter.fhir.urls import ServerBase, is_loopback, is_trusted
 
 # The logger keeps the name it had before the flows moved out of auth.py.
 log = logging.getLogger("adapter.fhir.auth")
@@ -61,6 +64,17 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# OAuth error codes registered with IANA (RFC 6749 5.2, 6750 3.1, 8628, 8693, 8707, 9396,
+# 9449, 7591): a message names one of these; anything else a server says stays in `detail`.
+_OAUTH_ERRORS = """
+    invalid_request invalid_client invalid_grant unauthorized_client unsupported_grant_type
+    invalid_scope access_denied unsupported_response_type server_error temporarily_unavailable
+    invalid_token insufficient_scope authorization_pending slow_down expired_token
+    invalid_target unsupported_token_type invalid_authorization_details invalid_dpop_proof
+    use_dpop_nonce invalid_redirect_uri invalid_client_metadata invalid_software_statement
+    unapproved_software_statement
+    """
+OAUTH_ERRORS = frozenset(_OAUTH_ERRORS.split())
 
 
 def _absolute_url(value: str) -> httpx.URL | None:
@@ -271,7 +285,12 @@ class SmartBackendAuth(_ServerAuth):
                 raise InvalidResponseError(f"SMART discovery answered HTTP {status}", url=url)
             hint = "no SMART configuration; set auth.token_endpoint" if status == 404 else ""
             error = TemporaryHttpError if status in TEMPORARY_STATUSES else HttpStatusError
-            raise error(status, url=url, outcome=hint or "SMART discovery failed")
+            raise error(
+                status,
+                url=url,
+                summary=hint or "SMART discovery failed",
+                detail=outcome_text(parse_body(response.content)),
+            )
         body = _json_object(response, url, "SMART configuration")
         endpoint = body.get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint:
@@ -298,12 +317,25 @@ class SmartBackendAuth(_ServerAuth):
                 f"the token endpoint {redact_url(endpoint)}{where} must use https, as the FHIR "
                 "server does"
             )
+        # The assertion buys a token: plain http only to this machine (issue 11).
+        if url.scheme != "https" and not is_loopback(url.host):
+            raise ConfigError(
+                f"the token endpoint {redact_url(endpoint)}{where} is plain http: use https "
+                "(plain http only to this machine: localhost, 127.0.0.0/8, ::1)"
+            )
         return endpoint  # as given: `aud` must match the registered endpoint string exactly
 
     async def _send(self, request: httpx.Request, what: str, url: str) -> httpx.Response:
-        # auth=None: the token and discovery requests must not re-enter this auth flow.
+        # auth=None: the token and discovery requests must not re-enter this auth flow. Their
+        # answers are small: a bounded body and a whole-request deadline, as FhirClient's.
         try:
-            return await self._http.send(request, auth=None, follow_redirects=False)
+            async with asyncio.timeout(self._http.timeout.read):
+                response = await self._http.send(
+                    request, auth=None, follow_redirects=False, stream=True
+                )
+                return await read_bounded(response, SMALL_RESPONSE, url)
+        except TimeoutError as exc:
+            raise TransportError(f"{what} did not answer in time", url=url) from exc
         except httpx.TransportError as exc:
             raise transport_error(exc, what, url) from exc
 
@@ -341,23 +373,23 @@ def _lifetime(value: object, url: str) -> int:
 
 
 def _token_error(response: httpx.Response, endpoint: str, assertion: str) -> FhirError:
-    """The token endpoint's refusal with its OAuth error text (RFC 6749 5.2), secrets removed."""
+    """The token endpoint's refusal: its registered OAuth error code in the message (RFC 6749
+    5.2), its free text (error_description, an OperationOutcome's) only in `detail`, scrubbed."""
     status = response.status_code
     if status < 400:
         return InvalidResponseError(f"the token endpoint answered HTTP {status}", url=endpoint)
-    try:
-        body: object = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
+    body = parse_body(response.content)
+    code = body.get("error") if isinstance(body, dict) else None
     text = ""
     if isinstance(body, dict):
-        parts = [body.get("error"), body.get("error_description")]
+        parts = [code, body.get("error_description")]
         text = ": ".join(p.strip() for p in parts if isinstance(p, str) and p.strip())
         text = text or outcome_text(body)
-    text = _scrub(text, assertion)
+    summary = "token request refused"
+    if isinstance(code, str) and code in OAUTH_ERRORS:
+        summary += f": {code}"
     error = TemporaryHttpError if status in TEMPORARY_STATUSES else HttpStatusError
-    outcome = f"token request refused: {text}" if text else "token request refused"
-    return error(status, url=endpoint, outcome=outcome)
+    return error(status, url=endpoint, summary=summary, detail=_scrub(text, assertion))
 
 
 def _scrub(text: str, assertion: str) -> str:
@@ -365,5 +397,4 @@ def _scrub(text: str, assertion: str) -> str:
     text = text.replace(assertion, "<assertion>")
     text = _JWT_LIKE.sub("<JWT>", text)
     text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
-    text = _CONTROL.sub(" ", text)
-    return text if len(text) <= OUTCOME_LIMIT else text[: OUTCOME_LIMIT - 1] + "…"
+    return cut(_CONTROL.sub(" ", text))

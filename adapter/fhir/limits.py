@@ -1,8 +1,9 @@
-"""How hard one client may push a busy server: concurrent requests, request rate and retries.
+"""How hard one client may push a busy server, and how far a server may push back.
 
-`Limits` and `RetryPolicy` are small frozen value objects (like httpx's `Limits` and `Timeout`),
-given to `FhirClient`; `Limiter` is the running state built from a `Limits`, which clients that
-talk to the same server may share. Timeouts stay on the injected `httpx.AsyncClient`.
+`Limits`, `RetryPolicy` and `SearchLimits` (pages and seconds one search may take) are small
+frozen value objects (like httpx's `Limits` and `Timeout`), given to `FhirClient`; `Limiter` is
+the running state built from a `Limits`, which clients that talk to the same server may share.
+Timeouts stay on the injected `httpx.AsyncClient`; FhirClient adds a deadline per attempt.
 """
 
 from __future__ import annotations
@@ -148,6 +149,24 @@ class RetryPolicy:
 
 
 NO_RETRIES = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchLimits:
+    """How far one search may go along its next links: `max_pages` pages, `seconds` of time.
+
+    A hostile or broken server can hand out distinct next links for ever (issue 11 followed
+    1,437 in 90 s): past either limit the search fails rather than running on. None: no limit.
+    """
+
+    max_pages: int | None = 10_000
+    seconds: float | None = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_pages is not None and self.max_pages < 1:
+            raise ValueError("max_pages must be at least 1, or None for no limit")
+        if self.seconds is not None and not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise ValueError("seconds must be a positive number, or None for no limit")
 
 
 def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:

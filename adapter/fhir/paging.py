@@ -3,6 +3,11 @@
 A page that fails raises; a search never ends early with part of its results. Offset paging
 (HAPI's `_getpagesoffset`) repeats entries when the result set shifts between pages, so each
 (resourceType, id) is yielded once per search, or once per `seen` set shared by several searches.
+A search that passes the client's `SearchLimits` (pages, seconds) raises LimitExceededError: a
+server handing out distinct next links for ever must not keep the run going (issue 11).
+
+Next links get their own origin check here, stricter than the client's: they must stay under the
+base, even where the client would trust another origin (a Bulk file server) with its credentials.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from adapter.errors import InvalidResponseError, UntrustedUrlError
-from adapter.fhir.client import outcome_text
+from adapter.errors import InvalidResponseError, LimitExceededError, UntrustedUrlError
+from adapter.fhir.outcome import coded_issues, outcome_text
+from adapter.fhir.resource_types import shown_type
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
     from adapter.fhir.client import FhirClient, JsonObject, Params
+    from adapter.fhir.limits import SearchLimits
 
 ResourceKey = tuple[str, str]
 
@@ -48,9 +55,11 @@ async def iter_bundle(
 
     Included and outcome entries are yielded too: callers filter by resourceType.
     """
+    started = client.clock()
     url = client.url(first_url, params)
     page = await client.get_json(url)
-    async for resource in iter_pages(client, page, url, seen=seen, stats=stats):
+    pages = iter_pages(client, page, url, seen=seen, stats=stats, started=started)
+    async for resource in pages:
         yield resource
 
 
@@ -61,15 +70,21 @@ async def iter_pages(
     *,
     seen: set[ResourceKey] | None = None,
     stats: SearchStats | None = None,
+    limits: SearchLimits | None = None,
+    started: float | None = None,
 ) -> AsyncIterator[JsonObject]:
     """The resources of an already fetched first page (of a POST search), then of the rest.
 
     A resource whose (resourceType, id) is in `seen` is skipped; those yielded are added to it.
+    `limits` (default: the client's) bound the pages, the first one included, and the time
+    since `started` on the client's clock (default: now), checked before each next page.
     """
     this_search: set[ResourceKey] = set()
     keys = this_search if seen is None else seen
     counts = SearchStats() if stats is None else stats
     counts.total = bundle_total(first_page)
+    limit = client.search_limits if limits is None else limits
+    begun = client.clock() if started is None else started
     read = {first_url}
     page, url = first_page, first_url
     while True:
@@ -99,8 +114,24 @@ async def iter_pages(
             raise InvalidResponseError(
                 "Bundle next links loop back to a page already read", url=target
             )
+        _check_limits(limit, len(read), client.clock() - begun, target)
         read.add(target)
         page, url = await client.get_json(target), target
+
+
+def _check_limits(limits: SearchLimits, pages: int, elapsed: float, url: str) -> None:
+    """Raise when the next page would pass the page limit, or the search its time."""
+    if limits.max_pages is not None and pages >= limits.max_pages:
+        raise LimitExceededError(
+            f"the search has more than {limits.max_pages:,} pages, the site's limit "
+            "(max_pages_per_search)",
+            url=url,
+        )
+    if limits.seconds is not None and elapsed > limits.seconds:
+        raise LimitExceededError(
+            f"the search took longer than {limits.seconds:g} s, the site's limit (search_seconds)",
+            url=url,
+        )
 
 
 def _key(resource: JsonObject) -> ResourceKey | None:
@@ -118,11 +149,12 @@ def _resources(page: JsonObject, url: str) -> Iterator[tuple[JsonObject, bool]]:
     """Each entry's resource, and whether it is a match (not an include or an outcome)."""
     kind = page.get("resourceType")
     if kind != "Bundle":
-        what = kind[:64] if isinstance(kind, str) else "no resourceType"
-        outcome = outcome_text(page)
+        coded = coded_issues(page)
         raise InvalidResponseError(
-            f"expected a searchset Bundle, got {what}" + (f": {outcome}" if outcome else ""),
+            f"expected a searchset Bundle, got {shown_type(kind)}"
+            + (f": {coded}" if coded else ""),
             url=url,
+            detail=outcome_text(page),
         )
     bundle_type = page.get("type")
     if bundle_type is not None and bundle_type != "searchset":

@@ -2,11 +2,13 @@
 
 A URL belongs to a server when its scheme, host and port are the base's (default ports filled
 in) and its path is the base path or below it: a parsed comparison, never a substring test
-(house rule 6). Credentials go only to the base's origin and the origins a site lists as trusted.
+(house rule 6). Credentials go only to the base's origin and the origins a site lists as trusted,
+and never over plain http except to this machine (`require_tls`, issue 11).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -131,3 +133,28 @@ def within(url: str | httpx.URL, base: ServerBase, origins: frozenset[Origin]) -
     if parsed is None:
         return False
     return base._contains(parsed) or parsed.origin in origins
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: `localhost`, 127.0.0.0/8 or ::1 (no name lookup)."""
+    name = host.lower().rstrip(".").removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def require_tls(url: str | httpx.URL, what: str) -> None:
+    """A ConfigError when credentials would go to `url` in clear text: plain http to another
+    machine. Anyone on the path (or a proxy) would read the token or password."""
+    parsed = parse_url(url)
+    if parsed is None:
+        return  # not a usable URL: the caller's own check says so
+    scheme, host, _ = parsed.origin
+    if scheme == "http" and not is_loopback(host):
+        raise ConfigError(
+            f"{what} {redact_url(str(url))} is plain http, and credentials are configured: use "
+            "https (plain http only to this machine: localhost, 127.0.0.0/8, ::1)"
+        )

@@ -14,8 +14,8 @@ ResearchSubject creation or change gets a Provenance (adapter.sinks.provenance: 
 hashes the subject's identifier and version, or created as trial-spec v2 says where the server
 refuses that PUT), and every run writes the one an unchanged subject's version lacks (a run killed
 or cut off after the subject write). Problems of one patient raise `PatientError` (message
-without patient ids); a dry run sends only reads and lists what it would write in `planned`.
-`summary()` says what was done, in one line.
+without patient ids or server text); a dry run sends only reads and lists what it would write in
+`planned`. `summary()` says what was done, in one line.
 
 Known limits: on the search path a resource people deleted cannot be told from one never written
 (deleted resources leave searches), so it is written again; on the id path its 410 Gone keeps it
@@ -359,8 +359,11 @@ class ServerSink:
         try:
             updated = resources.with_status(stored.body, subject.status)
         except ValueError as exc:
+            # The validation text quotes the server's resource: `detail` only (issue 11).
             raise InvalidResponseError(
-                f"the server's ResearchSubject is not valid R4, not updating it: {exc}", url=url
+                "the server's ResearchSubject is not valid R4, not updating it",
+                url=url,
+                detail=str(exc),
             ) from None
         reason = f"{status_of(stored)} now {updated['status']}"
         self._plan("PUT", "ResearchSubject", reason, subject, resource_id=stored.id)
@@ -427,6 +430,7 @@ class ServerSink:
             raise PatientError(
                 subject.patient,
                 f"its ResearchSubject was written but its Provenance was not: {exc}",
+                detail=exc.detail,
             ) from exc
         self.tally.provenance[count] += 1
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from adapter.errors import FhirError, HttpStatusError, InvalidResponseError
-from adapter.fhir.client import outcome_text
+from adapter.fhir.outcome import coded_issues, outcome_text
 from adapter.fhir.paging import iter_pages
 
 if TYPE_CHECKING:
@@ -100,9 +100,11 @@ class TypeSample:
         except HttpStatusError as exc:
             if exc.temporary or exc.status in _AUTH_STATUSES or not 400 <= exc.status < 500:
                 raise
-            raise _refused(resource_type, f"HTTP {exc.status}", exc.outcome, url) from None
+            answer = f"HTTP {exc.status}"
+            raise _refused(resource_type, answer, exc.summary, url, exc.detail) from None
         if page.get("resourceType") == "OperationOutcome":
-            raise _refused(resource_type, "an OperationOutcome", outcome_text(page), url)
+            coded, text = coded_issues(page), outcome_text(page)
+            raise _refused(resource_type, "an OperationOutcome", coded, url, text)
         if page.get("resourceType") != "Bundle":
             raise InvalidResponseError(
                 f"the {resource_type} search did not return a Bundle", url=url
@@ -114,7 +116,8 @@ class TypeSample:
 
 
 def _outcome_only(page: JsonObject) -> str | None:
-    """The text of an error outcome in a Bundle that holds no match: a refusal dressed as a page."""
+    """The coded issues of an error outcome in a Bundle that holds no match: a refusal dressed
+    as a page (coded only: its free text can name a patient)."""
     entries = page.get("entry")
     if not isinstance(entries, list):
         return None
@@ -134,14 +137,17 @@ def _outcome_only(page: JsonObject) -> str | None:
             isinstance(i, dict) and i.get("severity") in ("error", "fatal")
             for i in (issues if isinstance(issues, list) else [])
         ):
-            errors.append(outcome_text(resource) or "an error outcome")
+            errors.append(coded_issues(resource) or "an error outcome")
     return "; ".join(errors) if errors else None
 
 
-def _refused(resource_type: str, answer: str, outcome: str, url: str) -> TypeWideSearchRefused:
-    said = f": {outcome}" if outcome else ""
+def _refused(
+    resource_type: str, answer: str, coded: str, url: str, detail: str = ""
+) -> TypeWideSearchRefused:
+    said = f": {coded}" if coded else ""
     return TypeWideSearchRefused(
         f"the server refuses a type-wide {resource_type} search ({answer}{said}); the survey "
         "needs type-wide searches, per-patient reads come with issue 13",
         url=url,
+        detail=detail,
     )

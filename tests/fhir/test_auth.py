@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from adapter.errors import ConfigError, HttpStatusError, TemporaryHttpError
+from adapter.errors import (
+    ConfigError,
+    HttpStatusError,
+    LimitExceededError,
+    TemporaryHttpError,
+    TransportError,
+)
 from adapter.fhir.auth import (
     ASSERTION_TYPE,
     BasicAuthConfig,
@@ -32,9 +38,10 @@ from adapter.fhir.auth import (
 )
 from adapter.fhir.client import FhirClient
 
-BASE = "http://fhir.test/fhir"
+# https: credentials never go over plain http to another machine (adapter.fhir.urls.require_tls)
+BASE = "https://fhir.test/fhir"
 SMART_CONFIGURATION = f"{BASE}/.well-known/smart-configuration"
-TOKEN_URL = "http://auth.test/oauth2/token"
+TOKEN_URL = "https://auth.test/oauth2/token"
 PATIENT = f"{BASE}/Patient/p1"
 T0 = 1_750_000_000.0
 
@@ -423,8 +430,10 @@ def test_discovery_404_says_to_configure_the_token_endpoint(
 def test_https_server_refuses_a_plain_http_token_endpoint(
     tmp_path: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    """Against an https FHIR server the assertion never travels over plain http."""
-    config = smart_config(write_pem(tmp_path / "k.pem", rsa_key), token_endpoint=TOKEN_URL)
+    """Against an https FHIR server the assertion never travels over plain http, not even to
+    this machine."""
+    endpoint = "http://127.0.0.1:9999/oauth2/token"
+    config = smart_config(write_pem(tmp_path / "k.pem", rsa_key), token_endpoint=endpoint)
     with pytest.raises(ConfigError, match="must use https"):
         build_auth(config, env={}, base_url="https://fhir.test/fhir", http=httpx.AsyncClient())
 
@@ -578,10 +587,11 @@ def test_second_401_is_returned_as_is(tmp_path: Path, rsa_key: rsa.RSAPrivateKey
     ["Client authentication failed", "bad assertion {assertion}"],
 )
 @respx.mock
-def test_token_endpoint_error_carries_oauth_text_without_the_assertion(
+def test_token_endpoint_error_names_the_oauth_code_and_keeps_the_text_in_detail(
     tmp_path: Path, rsa_key: rsa.RSAPrivateKey, description: str
 ) -> None:
-    """A 400 invalid_client is an HttpStatusError with the OAuth text, the assertion scrubbed."""
+    """A 400 invalid_client is an HttpStatusError naming the code; the description is only in
+    `detail`, the assertion scrubbed from both."""
     serve_discovery()
     sent: list[str] = []
 
@@ -596,11 +606,42 @@ def test_token_endpoint_error_carries_oauth_text_without_the_assertion(
 
     message = str(caught.value)
     assert caught.value.status == 400
-    assert "invalid_client" in message
-    assert sent[0] not in message
+    assert message == f"HTTP 400: token request refused: invalid_client ({TOKEN_URL})"
     assert sent[0] not in repr(caught.value.args)
+    assert sent[0] not in caught.value.detail
     if "Client authentication failed" in description:
-        assert "invalid_client: Client authentication failed" in message
+        assert caught.value.detail == "invalid_client: Client authentication failed"
+    else:
+        assert caught.value.detail == "invalid_client: bad assertion <assertion>"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"error": "Jane Doe MRN 123456 is locked"}, "HTTP 403: token request refused ("),
+        (
+            {"error": "access_denied", "error_description": "Jane Doe is restricted"},
+            "HTTP 403: token request refused: access_denied (",
+        ),
+        (
+            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "Jane Doe"}]},
+            "HTTP 403: token request refused (",
+        ),
+    ],
+)
+@respx.mock
+def test_a_token_refusal_names_only_a_registered_oauth_error_code(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, body: dict[str, Any], message: str
+) -> None:
+    """An `error` that is not a registered OAuth code, or an outcome's text, stays out of the
+    message (issue 11): it may name a patient."""
+    serve_discovery()
+    respx.post(TOKEN_URL).respond(403, json=body)
+    with pytest.raises(HttpStatusError) as caught:
+        run(smart_config(write_pem(tmp_path / "k.pem", rsa_key)), get_patient)
+    assert str(caught.value).startswith(message)
+    assert "Jane" not in str(caught.value)
+    assert "Jane Doe" in caught.value.detail
 
 
 @respx.mock
@@ -640,10 +681,10 @@ def test_a_token_endpoint_that_fails_for_a_moment_is_retried_with_the_request(
 @pytest.mark.parametrize(
     "url",
     [
-        "http://evil.test/fhir/Patient/p1",
-        "http://fhir.test/other/Patient/p1",
-        "https://fhir.test/fhir/Patient/p1",
-        "http://fhir.test.evil.test/fhir/Patient/p1",
+        "https://evil.test/fhir/Patient/p1",
+        "https://fhir.test/other/Patient/p1",
+        "http://fhir.test/fhir/Patient/p1",
+        "https://fhir.test.evil.test/fhir/Patient/p1",
     ],
 )
 @pytest.mark.parametrize("kind", ["bearer", "basic", "smart"])
@@ -681,3 +722,49 @@ def test_smart_auth_refuses_a_sync_client(tmp_path: Path, rsa_key: rsa.RSAPrivat
     assert "access" not in repr(auth)
     with httpx.Client(auth=auth) as sync, pytest.raises(RuntimeError, match="AsyncClient"):
         sync.get(PATIENT)
+
+
+# -- a token endpoint cannot hold the run or its memory (issue 11) ----------------------------
+
+
+class _Slow(httpx.AsyncByteStream):
+    """`count` pieces of `piece`, each after `delay` seconds."""
+
+    def __init__(self, piece: bytes, count: int, delay: float = 0.0) -> None:
+        self.piece, self.count, self.delay = piece, count, delay
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.count):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield self.piece
+
+
+@respx.mock
+def test_a_token_answer_larger_than_a_mib_is_refused(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """A token response is a few hundred bytes: 2 MiB is refused, never read whole."""
+    smart = smart_setup(tmp_path, rsa_key)
+    smart.token.mock(return_value=httpx.Response(200, stream=_Slow(b" " * 1024, 2048)))
+    with pytest.raises(LimitExceededError, match="larger than the 1 MiB limit"):
+        run(smart.config, get_patient)
+
+
+@respx.mock
+def test_a_trickling_token_endpoint_ends_at_the_clients_timeout(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """One byte every 50 ms keeps each read alive; the whole answer has the client's timeout
+    (0.2 s here) as its deadline, and says which endpoint did not answer."""
+    smart = smart_setup(tmp_path, rsa_key)
+    smart.token.mock(side_effect=lambda _: httpx.Response(200, stream=_Slow(b" ", 100, 0.05)))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=0.2) as http:
+            auth = build_auth(smart.config, env={}, base_url=BASE, http=http, now=Clock())
+            assert isinstance(auth, SmartBackendAuth)
+            await auth.prefetch()
+
+    with pytest.raises(TransportError, match="the token endpoint did not answer in time"):
+        asyncio.run(main())

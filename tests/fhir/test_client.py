@@ -19,7 +19,8 @@ from adapter.errors import (
     TransportError,
     UntrustedUrlError,
 )
-from adapter.fhir.client import FhirClient, outcome_text
+from adapter.fhir.client import FhirClient
+from adapter.fhir.outcome import outcome_text
 from adapter.fhir.urls import ServerBase, is_trusted
 
 BASE = "http://fhir.test/fhir"
@@ -147,8 +148,9 @@ def test_url_outside_the_base_is_refused_before_sending(target: str) -> None:
 
 
 @respx.mock
-def test_operation_outcome_diagnostics_are_in_the_error_with_url_and_no_query() -> None:
-    """A 400 names the status, the OperationOutcome text and the URL without its query."""
+def test_a_status_error_names_the_coded_issues_and_keeps_the_text_in_detail() -> None:
+    """A 400 names the status, the issues' codes and the URL without its query; the
+    diagnostics are only in `detail`."""
     outcome = operation_outcome('HAPI-0524: Unknown search parameter "foo"', "second issue")
     respx.get(f"{BASE}/Observation").respond(400, json=outcome)
     with pytest.raises(HttpStatusError) as caught:
@@ -156,10 +158,9 @@ def test_operation_outcome_diagnostics_are_in_the_error_with_url_and_no_query() 
     error = caught.value
     assert not isinstance(error, TemporaryHttpError)
     assert error.status == 400
-    assert error.outcome == 'HAPI-0524: Unknown search parameter "foo"; second issue'
-    assert f"{BASE}/Observation" in str(error)
+    assert str(error) == f"HTTP 400: error/processing; error/processing ({BASE}/Observation)"
+    assert error.detail == 'HAPI-0524: Unknown search parameter "foo"; second issue'
     assert "secret-id" not in str(error)
-    assert "?" not in str(error)
 
 
 def test_outcome_text_falls_back_to_details_text_and_redacts_urls() -> None:
@@ -177,21 +178,23 @@ def test_outcome_text_falls_back_to_details_text_and_redacts_urls() -> None:
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 @respx.mock
 def test_temporary_statuses_raise_temporary_http_error(status: int) -> None:
-    """408, 429 and 5xx gateway statuses are temporary, with the outcome text kept."""
+    """408, 429 and 5xx gateway statuses are temporary, with the outcome text kept in detail."""
     respx.get(f"{BASE}/Patient").respond(status, json=operation_outcome("busy"))
     with pytest.raises(TemporaryHttpError) as caught:
         run(lambda c: c.get_json("Patient"))
     assert caught.value.temporary
-    assert caught.value.outcome == "busy"
+    assert caught.value.detail == "busy"
 
 
 @respx.mock
 def test_error_status_without_operation_outcome_has_empty_outcome() -> None:
-    """A plain-text 404 is an HttpStatusError with no outcome text."""
+    """A plain-text 404 is an HttpStatusError with no issues and no detail."""
     respx.get(f"{BASE}/Patient/1").respond(404, text="Not Found")
     with pytest.raises(HttpStatusError) as caught:
         run(lambda c: c.get_json("Patient/1"))
-    assert (caught.value.status, caught.value.outcome) == (404, "")
+    error = caught.value
+    assert (error.status, error.summary, error.detail) == (404, "", "")
+    assert str(error) == f"HTTP 404 ({BASE}/Patient/{{id}})"
 
 
 @pytest.mark.parametrize(
@@ -225,6 +228,26 @@ def test_redirect_to_another_host_is_refused_and_not_followed() -> None:
         run(lambda c: c.get_json("Patient"))
     assert not foreign.called
     assert "http://evil.test/steal" in str(caught.value)
+
+
+@respx.mock
+def test_the_redirect_check_stands_on_its_own() -> None:
+    """The first URL passes url(); only the redirect check sees the Location. A redirect leaving
+    the base for the same host's other path is refused, though the host is the server's."""
+    respx.get(f"{BASE}/Patient").respond(307, headers={"Location": "/admin/dump"})
+    other = respx.get("http://fhir.test/admin/dump").respond(200, json={})
+    with pytest.raises(UntrustedUrlError, match="leaves the configured FHIR server"):
+        run(lambda c: c.get_json("Patient"))
+    assert not other.called
+
+
+@respx.mock
+def test_the_url_check_stands_on_its_own() -> None:
+    """request() (the sinks' door) refuses a URL off the base before anything is sent, with no
+    paging or redirect involved."""
+    with pytest.raises(UntrustedUrlError, match="outside the configured FHIR server"):
+        run(lambda c: c.request("PUT", "http://evil.test/fhir/ResearchSubject/x", json={}))
+    assert not respx.calls
 
 
 @respx.mock
@@ -283,5 +306,6 @@ def test_request_sends_fhir_json_and_returns_the_response() -> None:
 def test_request_raises_on_error_status() -> None:
     """request() classifies error statuses like every other call."""
     respx.put(f"{BASE}/ResearchStudy/s1").respond(412, json=operation_outcome("version conflict"))
-    with pytest.raises(HttpStatusError, match="version conflict"):
+    with pytest.raises(HttpStatusError, match="HTTP 412: error/processing") as caught:
         run(lambda c: c.request("PUT", "ResearchStudy/s1", json={}))
+    assert caught.value.detail == "version conflict"

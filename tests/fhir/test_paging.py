@@ -140,6 +140,33 @@ def test_foreign_next_link_is_refused_naming_the_redacted_link(next_url: str, na
     assert len(respx.calls) == 1
 
 
+@pytest.mark.parametrize(
+    ("trusted", "next_url"),
+    [
+        ("https://files.test", "https://files.test/fhir/Observation?page=2"),
+        ("http://fhir.test", "http://fhir.test/other/Observation?page=2"),
+    ],
+)
+@respx.mock
+def test_a_next_link_onto_a_trusted_origin_is_refused_by_paging_itself(
+    trusted: str, next_url: str
+) -> None:
+    """The client would send to an origin the site trusts (a Bulk file server), so only
+    paging's own check stands between a next link and it: that check alone must refuse it."""
+    respx.get(f"{BASE}/Observation").respond(200, json=bundle(["1"], next_url=next_url))
+    elsewhere = respx.get(next_url).respond(200, json=bundle(["2"]))
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE, extra_trusted_origins=[trusted])
+            assert client.is_trusted(next_url)  # the premise: the client's check would pass
+            return [r["id"] async for r in iter_bundle(client, "Observation")]
+
+    with pytest.raises(UntrustedUrlError, match="next link is outside"):
+        asyncio.run(main())
+    assert not elsewhere.called
+
+
 @respx.mock
 def test_next_link_loop_is_detected() -> None:
     """A next link back to a page already read raises instead of paging forever."""
@@ -156,9 +183,15 @@ def test_next_link_loop_is_detected() -> None:
     [
         ({"resourceType": "Patient", "id": "1"}, "got Patient"),
         (
-            {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "search expired"}]},
-            "OperationOutcome: search expired",
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {"severity": "error", "code": "expired", "diagnostics": "search expired"}
+                ],
+            },
+            r"got OperationOutcome: error/expired \(",
         ),
+        ({"resourceType": "Jane Doe 1970-01-02"}, "got an unknown resourceType"),
         ({"resourceType": "Bundle", "type": "history"}, "Bundle type"),
         (
             {"resourceType": "Bundle", "type": "searchset", "entry": [{"fullUrl": "x"}]},

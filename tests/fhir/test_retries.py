@@ -79,7 +79,7 @@ def test_every_temporary_status_is_retried_up_to_the_attempts(status: int) -> No
     with pytest.raises(TemporaryHttpError) as caught:
         run(lambda c: c.get_json("Patient"), retry=RetryPolicy(attempts=3))
     assert route.call_count == 3
-    assert (caught.value.status, caught.value.outcome) == (status, "busy")
+    assert (caught.value.status, caught.value.detail) == (status, "busy")
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 412, 422])

@@ -14,12 +14,17 @@ with FaultProxy("http://127.0.0.1:8765/fhir") as proxy:
     proxy.exchanges  # what it saw: method, path, status, fault
 ```
 
-Faults: `Status` (429/503 with Retry-After, answered without forwarding), `Delay` (forwarded
-late), `Hang` (no answer until the client gives up), `ResetMidBody` (forwarded; half the body,
-then a TCP reset), `MalformedJson` (forwarded; the body cut so it is no longer JSON),
-`LostResponse` (forwarded, so a write is applied; the connection closed without an answer) and
-`Outage` (from the matching request on, for N seconds every connection is refused, or every
-request answered 503).
+Faults: `Status` (429/503 with Retry-After, or any status with the OperationOutcome text given,
+answered without forwarding), `Delay` (forwarded late), `Hang` (no answer until the client gives
+up), `ResetMidBody` (forwarded; half the body, then a TCP reset), `MalformedJson` (forwarded; the
+body cut so it is no longer JSON), `LostResponse` (forwarded, so a write is applied; the
+connection closed without an answer) and `Outage` (from the matching request on, for N seconds
+every connection is refused, or every request answered 503).
+
+A hostile server (issue 11), none of them forwarded: `HugeBody` (a body of any size, streamed,
+with or without a Content-Length), `EndlessPages` (an empty searchset whose next link is a new
+URL every time) and `Trickle` (one byte every interval; the exchange records how long the client
+stayed, in `Exchange.seconds`).
 `FaultProxy(..., update_create=False)` plays a server that declares `updateCreate: false`: its
 CapabilityStatement says so and a PUT to an id that does not exist upstream is refused (405 with an
 OperationOutcome).
@@ -41,9 +46,42 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import httpx
+from faults import (
+    Delay,
+    EndlessPages,
+    Exchange,
+    Fault,
+    Hang,
+    Hostile,
+    HugeBody,
+    LostResponse,
+    MalformedJson,
+    Outage,
+    ResetMidBody,
+    Rule,
+    Status,
+    Trickle,
+)
+
+__all__ = [
+    "Delay",
+    "EndlessPages",
+    "Exchange",
+    "Fault",
+    "FaultProxy",
+    "Hang",
+    "Hostile",
+    "HugeBody",
+    "LostResponse",
+    "MalformedJson",
+    "Outage",
+    "ResetMidBody",
+    "Rule",
+    "Status",
+    "Trickle",
+]
 
 IDLE_SECONDS = 30.0  # a keep-alive connection with no request for this long is closed
 HEAD_LIMIT = 64 * 1024
@@ -64,95 +102,7 @@ _HOP = frozenset(
     }
 )
 _URL_HEADERS = frozenset({"location", "content-location", "link"})
-
-
-# -- faults ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Status:
-    """Answer `code` (429, 503...) with an OperationOutcome, without forwarding the request."""
-
-    code: int
-    retry_after: str | None = None
-
-
-@dataclass(frozen=True)
-class Delay:
-    """Forward after `seconds`: a slow server."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Never answer: wait (up to `seconds`) for the client to give up, then close."""
-
-    seconds: float = 30.0
-
-
-@dataclass(frozen=True)
-class ResetMidBody:
-    """Forward; send the head and `fraction` of the body, then reset the connection."""
-
-    fraction: float = 0.5
-
-
-@dataclass(frozen=True)
-class MalformedJson:
-    """Forward; answer with the upstream status and a body cut short (no longer JSON)."""
-
-
-@dataclass(frozen=True)
-class LostResponse:
-    """Forward (a write is applied upstream), then close the connection without an answer."""
-
-
-@dataclass(frozen=True)
-class Outage:
-    """From the matching request on, for `seconds`: refuse connections, or answer 503 to all."""
-
-    seconds: float
-    mode: Literal["refuse", "503"] = "refuse"
-
-
-Fault = Status | Delay | Hang | ResetMidBody | MalformedJson | LostResponse | Outage
-
-
-@dataclass
-class Rule:
-    """`fault` on the `nth` (1-based; None: every) request matching `method` and `path`.
-
-    `path` is a regular expression matched in full against the path below the base, without the
-    query (`Observation`, `ResearchSubject/ta-1f...`, `metadata`).
-    """
-
-    fault: Fault
-    method: str
-    path: re.Pattern[str]
-    nth: frozenset[int] | None
-    seen: int = 0
-    fired: int = 0
-
-    def hit(self, method: str, path: str) -> bool:
-        """Count a request; whether the fault applies to it."""
-        if method != self.method or not self.path.fullmatch(path):
-            return False
-        self.seen += 1
-        if self.nth is None or self.seen in self.nth:
-            self.fired += 1
-            return True
-        return False
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One request the proxy saw: the upstream status (None: not forwarded) and the fault."""
-
-    method: str
-    path: str
-    status: int | None
-    fault: str | None = None
+_BLANKS = b" " * 65536  # a HugeBody is sent in pieces of this size
 
 
 @dataclass
@@ -162,6 +112,7 @@ class _State:
     outage_until: float = 0.0
     outage_mode: str = ""
     refused_puts: int = 0
+    endless_pages: int = 0
 
 
 class _Request:
@@ -376,6 +327,10 @@ class FaultProxy:
             with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(reader.read(1), fault.seconds)  # b"": the client left
             return False
+        if isinstance(fault, Hostile):
+            keep, seconds = await self._hostile(fault, path, reader, writer)
+            self._log(request, path, None, name, seconds)
+            return keep
         if not self._update_create and await self._refuses_put(request, path):
             self._log(request, path, None, "RefusedPutCreate")
             with self._lock:
@@ -408,9 +363,56 @@ class FaultProxy:
                 found = rule.fault
         return found
 
-    def _log(self, request: _Request, path: str, status: int | None, fault: str | None) -> None:
+    def _log(
+        self,
+        request: _Request,
+        path: str,
+        status: int | None,
+        fault: str | None,
+        seconds: float | None = None,
+    ) -> None:
         with self._lock:
-            self._state.exchanges.append(Exchange(request.method, path, status, fault))
+            self._state.exchanges.append(Exchange(request.method, path, status, fault, seconds))
+
+    async def _hostile(
+        self,
+        fault: Hostile,
+        path: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> tuple[bool, float | None]:
+        """Answer as a hostile server would: whether the connection stays open, and for how
+        long the client took the answer."""
+        json_type = ("Content-Type", "application/fhir+json")
+        if isinstance(fault, EndlessPages):
+            with self._lock:
+                self._state.endless_pages += 1
+                page = self._state.endless_pages
+            kind = path.split("/", 1)[0]
+            next_url = f"{self.base_url}/{kind}?_endless={page}"
+            bundle = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+            bundle["link"] = [{"relation": "next", "url": next_url}]
+            await self._respond(writer, 200, [json_type], json.dumps(bundle).encode())
+            return True, None
+        started = time.monotonic()
+        length = ("Content-Length", str(fault.size))
+        if isinstance(fault, HugeBody):
+            framing = length if fault.declared else ("Connection", "close")
+            self._head(writer, 200, [json_type, framing])
+            with contextlib.suppress(ConnectionError):
+                for offset in range(0, fault.size, len(_BLANKS)):
+                    writer.write(_BLANKS[: fault.size - offset])
+                    await writer.drain()
+            return False, time.monotonic() - started
+        self._head(writer, 200, [json_type, length])
+        with contextlib.suppress(ConnectionError):
+            for _ in range(fault.size):
+                writer.write(b" ")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(reader.read(1), fault.interval) == b"":
+                        break  # the client left
+        return False, time.monotonic() - started
 
     async def _refuses_put(self, request: _Request, path: str) -> bool:
         """A PUT to `Type/id` (no condition) whose resource does not exist upstream."""
@@ -449,16 +451,19 @@ class FaultProxy:
         *,
         cut: float = 1.0,
     ) -> None:
+        self._head(writer, status, [*headers, ("Content-Length", str(len(body)))])
+        writer.write(body if cut >= 1 else body[: int(len(body) * cut)])
+        await writer.drain()
+
+    def _head(
+        self, writer: asyncio.StreamWriter, status: int, headers: list[tuple[str, str]]
+    ) -> None:
         try:
             reason = http.HTTPStatus(status).phrase
         except ValueError:
             reason = "Unknown"
-        head = [f"HTTP/1.1 {status} {reason}"]
-        head += [f"{k}: {v}" for k, v in headers]
-        head.append(f"Content-Length: {len(body)}")
-        sent = body if cut >= 1 else body[: int(len(body) * cut)]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + sent)
-        await writer.drain()
+        head = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers)]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -484,10 +489,10 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-def _outcome_body(text: str) -> bytes:
+def _outcome_body(text: str, code: str = "transient") -> bytes:
     outcome = {
         "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": "transient", "diagnostics": text}],
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
     }
     return json.dumps(outcome).encode()
 
@@ -496,7 +501,8 @@ def _outcome(fault: Status) -> tuple[list[tuple[str, str]], bytes]:
     headers = [("Content-Type", "application/fhir+json")]
     if fault.retry_after is not None:
         headers.append(("Retry-After", fault.retry_after))
-    return headers, _outcome_body(f"injected HTTP {fault.code}")
+    text = fault.diagnostics if fault.diagnostics is not None else f"injected HTTP {fault.code}"
+    return headers, _outcome_body(text, fault.issue_code)
 
 
 def _without_update_create(body: bytes) -> bytes:

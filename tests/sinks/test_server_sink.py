@@ -677,7 +677,7 @@ def test_a_server_that_does_not_know_the_parameter_refuses_the_strict_search() -
     with pytest.raises(HttpStatusError) as info:
         write(server, "pat-1", Status.CANDIDATE, capabilities=SEARCH_ALL)
     assert info.value.status == 400
-    assert "Unknown search parameter" in info.value.outcome
+    assert "Unknown search parameter" in info.value.detail
     assert not any("ResearchSubject" in r.url.path for r in server.writes())
 
 

@@ -286,13 +286,16 @@ def test_unsupported_queries_are_programming_errors(query: Query) -> None:
 
 @respx.mock
 def test_server_error_stops_the_fetch() -> None:
-    """A 400 with an OperationOutcome surfaces; no partial result is returned."""
+    """A 400 with an OperationOutcome surfaces, coded; no partial result is returned."""
     respx.get(f"{BASE}/Observation").respond(
         400,
         json={"resourceType": "OperationOutcome", "issue": [{"diagnostics": "bad code"}]},
     )
-    with pytest.raises(HttpStatusError, match="bad code"):
+    with pytest.raises(HttpStatusError, match="HTTP 400") as caught:
         fetch(Query("Observation", patients=frozenset({"p1"})))
+    # The server's words can name a patient: kept for the owner-only results, never in messages.
+    assert "bad code" not in str(caught.value)
+    assert caught.value.detail == "bad code"
 
 
 @respx.mock
