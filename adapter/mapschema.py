@@ -13,9 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
-    """A mapping file's record: unknown keys are mistakes, values never change after loading."""
+    """A mapping file's record: unknown keys are mistakes, values never change after loading.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    No number may be NaN or infinite, however it is written (`.nan`, `"nan"`, `"1e999"`): it
+    compares false with everything, so a NaN threshold passed every patient (issue 11, item 4).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SystemModel(Strict):

@@ -442,7 +442,7 @@ def test_the_cli_refreshes_and_prints_one_summary_line_per_set(tmp_path, capsys,
     ("args", "fragment"),
     [
         (["--only", "nope"], "no value set named nope"),
-        (["--timeout", "0"], "--timeout must be positive"),
+        (["--timeout", "0"], "argument --timeout: must be above 0"),
     ],
 )
 def test_bad_cli_arguments_exit_2(tmp_path, capsys, serve, args, fragment):

@@ -1,0 +1,120 @@
+"""Argument parsing pieces of `trial-adapter`: the value types, the parser class, the log options.
+
+Each type refuses at parse time (exit 2) what would only fail later: `--as-of 0001-01-01` made
+every patient fail with OverflowError, and `--timeout nan` passed a `<= 0` test (issue 11, items
+4 and 5). The commands themselves are built in adapter/cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from adapter import logs
+from adapter.errors import UsageError
+
+#: The days `--as-of` accepts. The engine moves as-of by at most ten years (the longest lab window
+#: is 3,650 days) and ages are counted back from it, so two centuries on either side of today keep
+#: every computation far inside `date`'s range (years 1 to 9999) and every real birth date covered.
+AS_OF_MIN = date(1900, 1, 1)
+AS_OF_MAX = date(2999, 12, 31)
+AS_OF_HELP = (
+    f"evaluation day, YYYY-MM-DD, from {AS_OF_MIN.isoformat()} to {AS_OF_MAX.isoformat()} "
+    "(default today)"
+)
+
+#: The longest `--timeout`: a day per request is already more than any server is worth waiting
+#: for, and a larger number (1e308) overflows the event loop's clock arithmetic.
+MAX_TIMEOUT = 86_400.0
+TIMEOUT_HELP = f"seconds to wait for a server, above 0 and at most {MAX_TIMEOUT:,.0f} (default 60)"
+
+
+def as_of(text: str) -> date:
+    """A calendar day within AS_OF_MIN..AS_OF_MAX."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    if not AS_OF_MIN <= day <= AS_OF_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{day.isoformat()} is outside {AS_OF_MIN.isoformat()} to {AS_OF_MAX.isoformat()}"
+        )
+    return day
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds above 0 and at most MAX_TIMEOUT (`nan` passes `<= 0`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be above 0 and at most {MAX_TIMEOUT:,.0f} seconds: {text!r}"
+        )
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so one handler owns exit codes."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
+def log_options(p: argparse.ArgumentParser, *, default: Any = argparse.SUPPRESS) -> None:
+    """--log-level and --log-format, accepted before the command and after it."""
+    # SUPPRESS on the commands, so that their unset option never hides the global one.
+    p.add_argument(
+        "--log-level",
+        choices=tuple(logs.LEVELS),
+        default=default,
+        help="debug, info (default; warning with --quiet), warning or error",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if default is None else default,
+        help="text (default): time, level, run id, message; json: one object per line",
+    )
+
+
+def early_log_options(argv: Sequence[str]) -> tuple[logs.LogFormat, int]:
+    """The log format and level from `argv` before it is parsed, so a bad argument's line has them.
+
+    Anything unreadable is left to the full parse, which says what is wrong. Abbreviations are
+    read as the full parse reads them (`--log-form json`), and a bad or missing `--log-level`
+    leaves the format as asked: the line saying what is wrong is JSON when JSON was asked for.
+    """
+    pre = Parser(add_help=False)
+    pre.add_argument("--log-format", choices=("text", "json"), default="text")
+    pre.add_argument("--log-level", nargs="?")
+    pre.add_argument("-q", "--quiet", action="store_true")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except UsageError:
+        return "text", logging.INFO
+    name = known.log_level if known.log_level in logs.LEVELS else None
+    return known.log_format, log_level(name, quiet=known.quiet)
+
+
+def log_level(name: str | None, *, quiet: bool) -> int:
+    """--log-level when given; else warning with --quiet (and for `explain`), else info."""
+    if name is not None:
+        return logs.LEVELS[name]
+    return logging.WARNING if quiet else logging.INFO
