@@ -21,18 +21,31 @@ from typing import Any
 import orjson
 
 from adapter import __version__, logs, state, terminology
+from adapter.cli_args import (
+    AS_OF_HELP,
+    TIMEOUT_HELP,
+    Parser,
+    as_of,
+    early_log_options,
+    log_level,
+    log_options,
+    positive,
+    seconds,
+)
 from adapter.config import SiteConfig, load_site_config
 from adapter.connect import is_url, open_source
 from adapter.deliver import deliver
 from adapter.errors import (
     AdapterError,
     ExitCode,
+    FhirError,
     OutputError,
+    PatientError,
     UsageError,
     redact_url,
 )
 from adapter.report.explain import explain_table
-from adapter.report.files import check_writable_folder
+from adapter.report.files import check_writable_folder, write_private
 from adapter.report.results import (
     sweep_json,
     unknown_summary,
@@ -41,63 +54,22 @@ from adapter.report.results import (
 )
 from adapter.survey import outputs as survey_outputs
 from adapter.survey import run as survey_run
-from adapter.sweep import SweepResult, run_sweep
+from adapter.sweep import NOT_FOUND, SweepResult, run_sweep
 from adapter.trials import Trial, default_mappings_dir, load_trial
 
 log = logging.getLogger("adapter")
 
 
-def _as_of(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting, so one handler owns exit codes."""
-
-    def error(self, message: str) -> Any:
-        raise UsageError(message)
-
-
-def _log_options(p: argparse.ArgumentParser, *, default: Any = argparse.SUPPRESS) -> None:
-    """--log-level and --log-format, accepted before the command and after it."""
-    # SUPPRESS on the commands, so that their unset option never hides the global one.
-    p.add_argument(
-        "--log-level",
-        choices=tuple(logs.LEVELS),
-        default=default,
-        help="debug, info (default; warning with --quiet), warning or error",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text" if default is None else default,
-        help="text (default): time, level, run id, message; json: one object per line",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="trial-adapter", description=__doc__.splitlines()[0])
+    parser = Parser(prog="trial-adapter", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"trial-adapter {__version__}")
-    _log_options(parser, default=None)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    log_options(parser, default=None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
         p.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
-        p.add_argument("--as-of", type=_as_of, help="evaluation day, YYYY-MM-DD (default today)")
+        p.add_argument("--as-of", type=as_of, help=AS_OF_HELP)
         p.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
         p.add_argument(
             "--site-mappings",
@@ -110,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             help="site configuration (default $TRIAL_ADAPTER_CONFIG): auth, limits, query sizes",
         )
-        p.add_argument("--timeout", type=float, help="seconds to wait for a server (default 60)")
-        _log_options(p)
+        p.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+        log_options(p)
 
     sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
     common(sweep)
@@ -122,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read and decide everything, list what would be written, write nothing",
     )
-    sweep.add_argument("--batch-size", type=_positive, help="patients per server query")
-    sweep.add_argument("--page-size", type=_positive, help="_count for server searches")
+    sweep.add_argument("--batch-size", type=positive, help="patients per server query")
+    sweep.add_argument("--page-size", type=positive, help="_count for server searches")
     sweep.add_argument("-q", "--quiet", action="store_true", help="= --log-level warning")
     sweep.add_argument(
         "--state-dir",
@@ -140,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(batch_size=None, page_size=None, quiet=True)
 
     codesets = sub.add_parser("codesets", help="value-set expansions (mappings/valuesets/)")
-    actions = codesets.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions = codesets.add_subparsers(dest="action", required=True, parser_class=Parser)
     refresh = actions.add_parser(
         "refresh", help="re-expand value sets from a terminology server's ValueSet/$expand"
     )
@@ -160,13 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", action="extend", metavar="NAME", help="refresh only these sets"
     )
     refresh.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="seconds to wait for the server (default 60)",
+        "--timeout", type=seconds, default=60.0, metavar="SECONDS", help=TIMEOUT_HELP
     )
-    _log_options(refresh)
+    log_options(refresh)
     refresh.set_defaults(quiet=False)
     _survey_parser(sub)
     return parser
@@ -185,7 +153,7 @@ def _survey_parser(sub: Any) -> None:
     )
     survey.add_argument(
         "--sample",
-        type=_positive,
+        type=positive,
         metavar="N",
         help="resources read per type (default: 10,000 from a server, all of a folder)",
     )
@@ -204,9 +172,9 @@ def _survey_parser(sub: Any) -> None:
     survey.add_argument(
         "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
     )
-    survey.add_argument("--timeout", type=float, help="seconds to wait for a server (default 60)")
+    survey.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
     survey.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
-    _log_options(survey)
+    log_options(survey)
 
 
 async def _survey(args: argparse.Namespace) -> ExitCode:
@@ -234,9 +202,7 @@ def _site(args: argparse.Namespace) -> SiteConfig:
         Path(os.environ["TRIAL_ADAPTER_CONFIG"]) if os.environ.get("TRIAL_ADAPTER_CONFIG") else None
     )
     site = load_site_config(path)
-    if args.timeout is not None:
-        if args.timeout <= 0:
-            raise UsageError("--timeout must be positive")
+    if args.timeout is not None:  # finite and positive: checked by its argument type
         site = site.model_copy(
             update={
                 "source": site.source.model_copy(update={"timeout": args.timeout}),
@@ -248,8 +214,6 @@ def _site(args: argparse.Namespace) -> SiteConfig:
 
 async def _codesets(args: argparse.Namespace) -> ExitCode:
     """`codesets refresh`: one summary line per set on stderr."""
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
     if not is_url(args.tx):
         raise UsageError(f"--tx must be an http(s) URL: {args.tx}")
     async with terminology.tx_client(args.timeout) as http:
@@ -276,7 +240,11 @@ async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitC
     async with open_source(args.source, site.source, env=os.environ, say=_say(args)) as source:
         result = await run_sweep(trial, source, as_of, only=frozenset({pid}))
     if result.errors:
-        raise UsageError(f"patient not found in the source: {result.errors[0].reason}")
+        failure = result.errors[0]
+        if result.verdicts or not failure.reason.startswith(NOT_FOUND):
+            # Found, but not evaluated (an unreadable line may hold its data): exit 3.
+            raise PatientError(failure.patient, f"not evaluated: {failure.reason}")
+        raise UsageError(f"patient not found in the source: {failure.reason}")
     (verdict,) = result.verdicts
     if args.json:
         doc = verdict_json(verdict) | {
@@ -298,15 +266,19 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
     check_writable_folder(out_dir, "--out")
     if args.sink and not is_url(args.sink):
         check_writable_folder(Path(args.sink), "--sink")
-    async with open_source(
-        args.source,
-        site.source,
-        env=os.environ,
-        say=say,
-        batch_size=args.batch_size,
-        page_size=args.page_size,
-    ) as source:
-        result = await run_sweep(trial, source, as_of, progress=say)
+    try:
+        async with open_source(
+            args.source,
+            site.source,
+            env=os.environ,
+            say=say,
+            batch_size=args.batch_size,
+            page_size=args.page_size,
+        ) as source:
+            result = await run_sweep(trial, source, as_of, progress=say)
+    except FhirError as exc:
+        _keep_server_words(out_dir, exc, args.run_id)
+        raise
     writes: dict[str, str] = {}
     sinking = bool(args.sink) and not args.dry_run
 
@@ -340,13 +312,13 @@ async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCod
     except BaseException as exc:
         if sinking:
             try:
-                report("failed", _failure_line(exc))
+                report("failed", _failure_line(exc) + _detail(exc))
             except OutputError as again:
                 log.warning("results.json could not record the sink failure: %s", again)
         raise
     doc = report("complete")
     _print_summary(result, doc, out_dir, writes)
-    return ExitCode.PARTIAL if result.errors else ExitCode.OK
+    return ExitCode.PARTIAL if result.partial else ExitCode.OK
 
 
 def _failure_line(exc: BaseException) -> str:
@@ -356,6 +328,27 @@ def _failure_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
         return "interrupted"
     return type(exc).__name__  # an unexpected error's text may hold values
+
+
+def _detail(exc: BaseException) -> str:
+    """The server's own words behind an error, for the owner-only results.json only."""
+    detail = getattr(exc, "detail", "")
+    return f"; the server said: {detail}" if isinstance(detail, str) and detail else ""
+
+
+def _keep_server_words(out_dir: Path, exc: FhirError, run_id: str) -> None:
+    """A failed source's free text (it may name a patient) in the owner-only `error.json`,
+    never on stderr; a good report of an earlier run in the same folder is left as it is."""
+    if not exc.detail:
+        return
+    doc = {"run_id": run_id, "error": _failure_line(exc), "detail": exc.detail}
+    try:
+        write_private(out_dir / "error.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    except OSError:
+        return
+    log.warning(
+        "the server's own words are in %s (they may name a patient)", out_dir / "error.json"
+    )
 
 
 def _sink_label(sink: str) -> str:
@@ -379,34 +372,12 @@ def _print_summary(
         lines.append(f"  most often unknown: {top}")
     if result.errors:
         lines.append(f"  could not be evaluated or written: {len(result.errors)} (see errors)")
+    if result.unreadable:
+        lines.append(f"  unreadable input skipped: {len(result.unreadable)} (see unreadable_input)")
+    if result.withhold_writes:
+        lines.append("  nothing written to the sink: an unreadable line names no patient for sure")
     lines.append(f"report: {out_dir / 'results.json'} and {out_dir / 'candidates.csv'}")
     print("\n".join(lines))
-
-
-def _early_log_options(argv: Sequence[str]) -> tuple[logs.LogFormat, int]:
-    """The log format and level from `argv` before it is parsed, so a bad argument's line has them.
-
-    Anything unreadable is left to the full parse, which says what is wrong. Abbreviations are
-    read as the full parse reads them (`--log-form json`), and a bad or missing `--log-level`
-    leaves the format as asked: the line saying what is wrong is JSON when JSON was asked for.
-    """
-    pre = _Parser(add_help=False)
-    pre.add_argument("--log-format", choices=("text", "json"), default="text")
-    pre.add_argument("--log-level", nargs="?")
-    pre.add_argument("-q", "--quiet", action="store_true")
-    try:
-        known, _ = pre.parse_known_args(argv)
-    except UsageError:
-        return "text", logging.INFO
-    name = known.log_level if known.log_level in logs.LEVELS else None
-    return known.log_format, _level(name, quiet=known.quiet)
-
-
-def _level(name: str | None, *, quiet: bool) -> int:
-    """--log-level when given; else warning with --quiet (and for `explain`), else info."""
-    if name is not None:
-        return logs.LEVELS[name]
-    return logging.WARNING if quiet else logging.INFO
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -432,15 +403,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Every stderr line, the final error line included, goes through the one log handler
     (adapter.logs), in the format asked for and with this run's id.
+
+    A stdout closed before everything was printed (`sweep ... | head -1`) stops the run quietly
+    with exit 1 (fatal: what was asked for was not all printed), as Python's documentation
+    advises, with no line on stderr: the reader chose to stop reading. A sweep prints its summary
+    last, after its reports and sink writes, so those are never lost to it.
     """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Now rather than at the interpreter's exit, where a closed pipe can only be reported
+            # as "Exception ignored" and a traceback (also after --help).
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return int(ExitCode.FATAL)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at os.devnull: what is still buffered then has a place to go."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no real descriptor: nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     run_id = logs.new_run_id()
-    fmt, level = _early_log_options(argv)
+    fmt, level = early_log_options(argv)
     with logs.configured(level=level, fmt=fmt, run_id=run_id, stream=sys.stderr):
         try:
             args = build_parser().parse_args(argv)
             args.run_id = run_id
-            level = _level(getattr(args, "log_level", None), quiet=args.quiet)
+            level = log_level(getattr(args, "log_level", None), quiet=args.quiet)
             args.quiet = level > logging.INFO
             logs.set_level(level)
             if args.command == "codesets":
@@ -464,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             log.error("interrupted", extra={"exit_code": int(ExitCode.FATAL)})
             return int(ExitCode.FATAL)
+        except BrokenPipeError:
+            raise  # stdout closed by its reader: `main` stops quietly
         except Exception as exc:
             # Unforeseen (a full disk, a bug): one line all the same, in the format asked for,
             # naming the place rather than printing a traceback whose text may hold values.

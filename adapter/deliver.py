@@ -4,11 +4,16 @@
 it saying what was and was not written (results.json records it). One patient's problem goes to
 the sweep's errors (exit 3); a server that is gone, or an outage that outlasts the retry budget,
 is fatal.
+
+Only verdicts are written, so a patient under the sweep's errors (an unreadable line of theirs,
+issue 11) never is. When the sweep withholds writes (an unreadable line that names nobody for
+sure), nothing reaches the sink at all, the ResearchStudy included, and a dry run plans nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
@@ -32,6 +37,8 @@ from adapter.sinks.server import ServerSink, SubjectInput
 from adapter.sweep import PatientFailure, SweepResult
 from adapter.trials import Trial
 
+log = logging.getLogger(__name__)
+
 
 async def deliver(
     sink: str | None,
@@ -49,6 +56,15 @@ async def deliver(
     """Write to the sink, filling `writes` (patient -> what was done) as it goes, so that a fatal
     error leaves it saying what was done. Per-patient failures go to result.errors."""
     if not sink:
+        return
+    if result.withhold_writes:
+        # Before the sink is opened: not even its CapabilityStatement is read.
+        log.warning(
+            "sink: nothing %s, writes withheld: %d unreadable input lines (see unreadable_input "
+            "in results.json)",
+            "planned" if dry_run else "written",
+            len(result.unreadable),
+        )
         return
     study = StudyInfo(trial.id, trial.study_system, trial.study_value, trial.title)
     flagged = [
@@ -74,7 +90,8 @@ async def deliver(
             writes.update((v.patient, "would_write") for v in flagged)
             return
         try:
-            FolderSink(Path(sink)).write(research_study(study), subjects)
+            held = frozenset(e.patient for e in result.errors)
+            FolderSink(Path(sink)).write(research_study(study), subjects, keep=held)
         except OSError as exc:
             why = exc.strerror or type(exc).__name__
             raise OutputError(f"{sink}: the sink folder could not be written ({why})") from exc
@@ -147,11 +164,13 @@ async def _write_server(
             if not await server.answers():
                 raise  # the write stays unconfirmed in results.json
             writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
+            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}", exc.detail))
         except PatientError as exc:
             writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc.reason}"))
+            result.errors.append(
+                PatientFailure(v.patient, f"write failed: {exc.reason}", exc.detail)
+            )
         except FhirError as exc:
             writes.pop(v.patient, None)
-            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}"))
+            result.errors.append(PatientFailure(v.patient, f"write failed: {exc}", exc.detail))
     say(server.summary())

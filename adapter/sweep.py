@@ -3,6 +3,11 @@
 source -> cohort (Conditions with the trial's diagnosis codes) -> Patient, Condition, Procedure and
 the needed Observations for those patients only -> facts -> engine -> verdicts. Sinks and reports
 are the caller's (cli.py), so a sweep can be run and inspected without writing anything.
+
+Lines the source could not read (issue 11, item 8) are judged here: a patient an unreadable line
+surely belongs to is not evaluated (listed under `errors`); a line that names nobody for sure
+leaves no patient's data known to be whole, so everyone is evaluated and reported but
+`SweepResult.withhold_writes` keeps every write back. Either way the run is `partial` (exit 3).
 """
 
 from __future__ import annotations
@@ -18,18 +23,24 @@ from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
 from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
-from adapter.sources.base import Query, Resource, Source, patient_id_of
+from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
 from adapter.trials import Trial
 
 log = logging.getLogger(__name__)
 
+#: Unreadable lines logged one by one; the rest are counted in one line (results.json lists all).
+UNREADABLE_LOGGED = 20
+
 Progress = Callable[[str], None]
+NOT_FOUND = "the Patient resource was not found in the source"
 
 
 @dataclass(frozen=True, slots=True)
 class PatientFailure:
     patient: str
     reason: str
+    #: the server's own words behind `reason` (FhirError.detail): for the owner-only results only
+    detail: str = ""
 
 
 @dataclass
@@ -50,6 +61,19 @@ class SweepResult:
     versions: dict[str, str] = field(default_factory=dict)
     #: a dry run's planned sink writes (adapter.sinks.plan.PlannedWrite as dicts)
     planned_writes: list[dict[str, str | None]] = field(default_factory=list)
+    #: input lines (and JSON files) the source skipped as unreadable, in the order met
+    unreadable: list[UnreadableItem] = field(default_factory=list)
+
+    @property
+    def withhold_writes(self) -> bool:
+        """Whether nothing may be written: an unreadable line names no patient for sure, so any
+        patient's data may be missing a piece, and a sink never takes a verdict back."""
+        return any(item.patient is None for item in self.unreadable)
+
+    @property
+    def partial(self) -> bool:
+        """Done, but not whole (exit 3): patients under `errors`, or input skipped as unreadable."""
+        return bool(self.errors or self.unreadable)
 
 
 def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
@@ -115,9 +139,15 @@ async def run_sweep(
     result = SweepResult(trial, as_of)
     stats = result.stats
     ids = set(only) if only is not None else await cohort_ids(trial, source, as_of, stats)
+    # An unreadable Condition line may be what puts its patient in the cohort: every patient the
+    # cohort search's unreadable lines name is held back, in the cohort so far or not.
+    held: dict[str, UnreadableItem] = {}
+    if only is None:
+        _hold(held, source.unreadable, None)
     say(f"cohort: {len(ids)} patients")
     if not ids:
-        _note_foreign(result, source)
+        _hold_back(result, held)
+        _note_source(result, source)
         return result
     wanted = frozenset(ids)
 
@@ -168,14 +198,13 @@ async def run_sweep(
         labs[pid].extend(values)
     say(f"observations read: {stats['Observation']}")
 
+    _hold(held, source.unreadable, wanted)
     manual = [(m.id, m.description) for m in trial.manual]
-    for pid in sorted(wanted):
+    for pid in sorted(wanted - held.keys()):
         reference = f"Patient/{pid}"
         info = patients.get(pid)
         if info is None:
-            result.errors.append(
-                PatientFailure(reference, "the Patient resource was not found in the source")
-            )
+            result.errors.append(PatientFailure(reference, NOT_FOUND))
             continue
         facts = PatientFacts(
             info,
@@ -212,8 +241,57 @@ async def run_sweep(
         for ref, version in versioned:
             if version:
                 result.versions[ref] = f"{ref}/_history/{version}"
-    _note_foreign(result, source)
+    _hold_back(result, held)
+    _note_source(result, source)
     return result
+
+
+def _hold(
+    held: dict[str, UnreadableItem], items: list[UnreadableItem], among: frozenset[str] | None
+) -> None:
+    """Add to `held` each patient (`among` them, or any) an unreadable item surely names, with
+    the first such item."""
+    for item in items:
+        if item.patient is not None and (among is None or item.patient in among):
+            held.setdefault(item.patient, item)
+
+
+def _hold_back(result: SweepResult, held: dict[str, UnreadableItem]) -> None:
+    """List the patients unreadable lines surely belong to under `errors`, unevaluated: the line
+    may hold what decides their verdict. Sorted with the other errors by patient."""
+    if not held:
+        return
+    for pid, item in held.items():
+        result.errors.append(
+            PatientFailure(
+                f"Patient/{pid}",
+                f"an unreadable line in {item.file}:{item.line} may hold this patient's data",
+            )
+        )
+    result.errors.sort(key=lambda e: e.patient)
+
+
+def _note_source(result: SweepResult, source: Source) -> None:
+    """Report what the source left out: unreadable lines, another server's patients' resources."""
+    _note_unreadable(result, source)
+    _note_foreign(result, source)
+
+
+def _note_unreadable(result: SweepResult, source: Source) -> None:
+    """Keep the source's unreadable items, and log each by file and line only: never its content
+    or the patient it names (logs carry no patient ids). Past the first UNREADABLE_LOGGED, one
+    line counts the rest."""
+    result.unreadable = list(source.unreadable)
+    for item in result.unreadable[:UNREADABLE_LOGGED]:
+        log.warning("skipped an unreadable line: %s:%d (%s)", item.file, item.line, item.reason)
+    rest = len(result.unreadable) - UNREADABLE_LOGGED
+    if rest > 0:
+        log.warning("skipped %d more unreadable lines (see unreadable_input in results.json)", rest)
+    if result.withhold_writes:
+        log.warning(
+            "an unreadable line names no patient for certain: every patient is evaluated and "
+            "reported, but nothing will be written to a sink"
+        )
 
 
 def _note_foreign(result: SweepResult, source: Source) -> None:

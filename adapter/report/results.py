@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 UNCONFIRMED = "unconfirmed"
 #: `research_subject` of a patient that was to be written when the sink failed, and was not.
 NOT_WRITTEN = "not_written"
+#: `sink_writes.status` of a run whose writes the sweep withheld (`SweepResult.withhold_writes`)
+WITHHELD = "withheld"
 _FLAGGED = (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
 
 
@@ -74,12 +77,26 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "as_of": sweep.as_of.isoformat(),
         "counts": counts,
         "patients": [verdict_json(v) for v in sweep.verdicts],
-        "errors": [{"patient": e.patient, "reason": e.reason} for e in sweep.errors],
+        "errors": [
+            {"patient": e.patient, "reason": e.reason} | ({"detail": e.detail} if e.detail else {})
+            for e in sweep.errors
+        ],
         "stats": {
             "read": dict(sorted(sweep.stats.items())),
             "unusable_observations": dict(sorted(sweep.unusable.items())),
             "foreign_subjects": dict(sorted(sweep.foreign.items())),
         },
+        # results.json is the owner's alone (report.files.write_private): the patient may be here.
+        "unreadable_input": [
+            {
+                "file": u.file,
+                "line": u.line,
+                "reason": u.reason,
+                "patient": None if u.patient is None else f"Patient/{u.patient}",
+            }
+            for u in sweep.unreadable
+        ],
+        "writes_withheld": sweep.withhold_writes,
     }
     if extra:
         doc.update(extra)
@@ -102,9 +119,16 @@ def sweep_json(
     outcome is under the patient), which it may hold (`unconfirmed`) and which it does not
     (`not_written`), and the fatal error's line. Until the sink is done (`started`: all a run
     killed mid-sink leaves behind) every flagged patient is `unconfirmed`, never `not_written`.
+    A sweep that withholds writes makes any status `withheld`: the sink holds nothing of this
+    run, and every flagged patient is `not_written`, whatever stage the caller is at.
     """
     doc = results_json(sweep, extra={"sink": sink})
-    failed = sink_status == "failed"
+    if sink_status is not None and sweep.withhold_writes:
+        sink_status, writes = WITHHELD, {}
+        sink_error = (
+            sink_error or "writes withheld: unreadable input lines name no patient for sure"
+        )
+    failed = sink_status in ("failed", WITHHELD)
     if sink_status == "started":
         pending = (v.patient for v in sweep.verdicts if v.status in _FLAGGED)
         writes = {p: writes.get(p, UNCONFIRMED) for p in pending}
@@ -142,10 +166,39 @@ CSV_COLUMNS = (
 )
 
 
+# OWASP, "CSV Injection": a cell starting with one of these is read by spreadsheets as a formula
+# (`=HYPERLINK(...)`, `@SUM(...)`, `-2+3+cmd|...`); tab and CR are on the list as well.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A plain number, which a spreadsheet reads as a number and never as a formula: `-1.5`, `-2e-05`.
+_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def csv_cell(text: str, *, number: bool = False) -> str:
+    """`text` made inert for spreadsheets: a leading `'` when it could start a formula (issue 11,
+    item 7: a unit text `=HYPERLINK(...)` reached candidates.csv as a live formula).
+
+    With `number` (the value column only, which holds `f"{value:g}"`), a plain number such as
+    `-1.5` is kept as it is, so that it still sorts and sums as a number; `-inf` or anything else
+    is escaped. Text columns are escaped by the first character alone, as OWASP advises: `-2`
+    as a reason or unit is text there.
+    """
+    if not text.startswith(_FORMULA_START):
+        return text
+    if number and _PLAIN_NUMBER.fullmatch(text):
+        return text
+    return "'" + text
+
+
 def candidates_csv(verdicts: list[PatientVerdict]) -> str:
-    """One row per criterion of every candidate and potential candidate (ineligible left out)."""
+    """One row per criterion of every candidate and potential candidate (ineligible left out).
+
+    Every cell goes through `csv_cell`: units, reasons, references and ids come from the source
+    and may hold a formula.
+    """
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # Every cell quoted, as OWASP advises beside the `'`: with QUOTE_MINIMAL a CR inside a cell
+    # went out bare (only the line terminator's characters force quotes) and split the row.
+    writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
     order = {Status.CANDIDATE: 0, Status.POTENTIAL_CANDIDATE: 1}
     flagged = [v for v in verdicts if v.status in order]
@@ -155,20 +208,10 @@ def candidates_csv(verdicts: list[PatientVerdict]) -> str:
             ev = r.evidence[0] if r.evidence else Evidence()
             value = ev.normalised_value if ev.normalised_value is not None else ev.recorded_value
             unit = ev.normalised_unit if ev.normalised_value is not None else ev.recorded_unit
-            writer.writerow(
-                [
-                    v.patient,
-                    v.status.value,
-                    cid,
-                    r.result.value,
-                    "" if value is None else f"{value:g}",
-                    unit or "",
-                    ev.date or "",
-                    ev.threshold or "",
-                    r.reason,
-                    ev.reference or "",
-                ]
-            )
+            before = (v.patient, v.status.value, cid, r.result.value)
+            after = (unit or "", ev.date or "", ev.threshold or "", r.reason, ev.reference or "")
+            number = "" if value is None else csv_cell(f"{value:g}", number=True)
+            writer.writerow([*map(csv_cell, before), number, *map(csv_cell, after)])
     return buf.getvalue()
 
 

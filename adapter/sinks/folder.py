@@ -24,9 +24,23 @@ class FolderSink:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def write(self, study: dict[str, Any], subjects: Iterable[dict[str, Any]]) -> None:
-        """Replace both files; a reader sees the old file or the new one, never half of one."""
-        ordered = sorted(subjects, key=lambda subject: str(subject["id"]))
+    def write(
+        self,
+        study: dict[str, Any],
+        subjects: Iterable[dict[str, Any]],
+        *,
+        keep: frozenset[str] = frozenset(),
+    ) -> None:
+        """Replace both files; a reader sees the old file or the new one, never half of one.
+
+        The subjects file is this run's snapshot, except that the earlier lines of the patients
+        in `keep` (references: those this run could not evaluate) stay as they were: nothing is
+        written for them, and dropping their line would be a write too.
+        """
+        fresh = list(subjects)
+        ids = {str(subject["id"]) for subject in fresh}
+        kept = [s for s in self._earlier(keep) if str(s.get("id")) not in ids]
+        ordered = sorted([*fresh, *kept], key=lambda subject: str(subject["id"]))
         # Serialise everything first, so a bad resource leaves both old files in place.
         files = {
             "ResearchStudy.ndjson": _ndjson([study]),
@@ -37,6 +51,26 @@ class FolderSink:
         for name, data in files.items():
             self._replace(name, data)
         _fsync_folder(self.path)
+
+    def _earlier(self, keep: frozenset[str]) -> list[dict[str, Any]]:
+        """The subjects of the current file whose individual is in `keep`."""
+        if not keep:
+            return []
+        try:
+            lines = (self.path / "ResearchSubject.ndjson").read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                subject = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            individual = subject.get("individual") if isinstance(subject, dict) else None
+            ref = individual.get("reference") if isinstance(individual, dict) else None
+            if ref in keep and "id" in subject:
+                found.append(subject)
+        return found
 
     def _replace(self, name: str, data: bytes) -> None:
         # mkstemp creates the file 0o600, in the same folder so os.replace is a rename.

@@ -27,14 +27,32 @@ class Query:
     patients: frozenset[str] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableItem:
+    """A line (or whole JSON file) a source skipped because it could not be parsed (issue 11).
+
+    Never its content: `file` as messages show it, `line` 1-based, `reason` a fixed text. `patient`
+    is the Patient id the raw bytes name beyond doubt (`adapter.sources.unreadable`), or None when
+    nobody's data can be ruled out.
+    """
+
+    file: str
+    line: int
+    reason: str
+    patient: str | None
+
+
 class Source(Protocol):
     """A place resources come from. Implementations: FolderSource, RestSource.
 
     `foreign` counts, per type, the resources left out because their subject is another server's
-    patient (`is_foreign`): they never count as a local patient's.
+    patient (`is_foreign`): they never count as a local patient's. `unreadable` lists, once each,
+    the items skipped as unparseable (a server's answers are parsed whole, so RestSource's stays
+    empty: a bad page fails its search instead).
     """
 
     foreign: Counter[str]
+    unreadable: list[UnreadableItem]
 
     def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Resources of `query.resource_type` for `query.patients`, references made relative.

@@ -17,8 +17,16 @@ server's patient (an absolute reference that no Bundle entry resolves) are left 
 Incomplete input fails the fetch with `IncompleteInputError` rather than answering with fewer
 resources, since a patient whose data is missing can look eligible (issue 10): a folder without
 FHIR files; a type fetched that no file holds (no `<Type>*.ndjson` file, and none in the JSON
-files); an NDJSON file of the type that holds none (empty); a file that cannot be read, corrupt
-gzip, and a line that is not JSON (file and line, never the content).
+files); an NDJSON file of the type that holds none (empty, or not one readable line); a file that
+cannot be read, corrupt or truncated gzip.
+
+One unreadable line is not a missing file (issue 11): a line that is not JSON, not valid UTF-8 or
+not an object, and a JSON file that does not parse, is skipped and recorded once in `unreadable`
+(file and line, never the content), with the Patient its bytes surely name
+(`adapter.sources.unreadable`); the sweep decides what that means for the run. A line the patient
+pre-check drops unparsed (`_may_belong`: it names other patients only) is not recorded, as it
+cannot be a wanted patient's; every line is parsed when the query names no patients, as the
+cohort's Condition search does.
 """
 
 from __future__ import annotations
@@ -36,7 +44,15 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 import orjson
 
 from adapter.errors import IncompleteInputError, SourcePathError
-from adapter.sources.base import Query, Resource, count_foreign, is_foreign, patient_id_of
+from adapter.sources.base import (
+    Query,
+    Resource,
+    UnreadableItem,
+    count_foreign,
+    is_foreign,
+    patient_id_of,
+)
+from adapter.sources.unreadable import parse_line, patient_named_by, record, unreadable_reason
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,8 +85,8 @@ class FolderSource:
     `yielded` counts resources handed out per type; `skipped` counts lines and Bundle entries left
     out, per file and reason; `other_patients` counts, per type, the NDJSON lines left out because
     they belong to patients the query did not ask for; `foreign`, per type, the resources left out
-    because their subject is another server's patient (once each). All add up over every
-    `fetch`.
+    because their subject is another server's patient (once each); `unreadable`, the lines and
+    JSON files skipped as unparseable (once each). All add up over every `fetch`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -80,6 +96,8 @@ class FolderSource:
         self.other_patients: Counter[str] = Counter()
         self.foreign: Counter[str] = Counter()
         self._foreign_seen: set[tuple[str, str]] = set()
+        self.unreadable: list[UnreadableItem] = []
+        self._unreadable_seen: set[tuple[str, int]] = set()
         self._files = _list_files(path)
         self._running: set[_Stream] = set()
 
@@ -132,7 +150,8 @@ class FolderSource:
         resource_type = query.resource_type
         wanted = query.patients
         prefilter = _prefilter(query)
-        present = 0
+        present = unreadable = 0
+        shown: str | None = None
         # Lines are pre-checked only once one has been parsed as the type: a file holding only
         # other types (or nothing wanted) must still fail as empty, not pass unread.
         confirmed = False
@@ -147,7 +166,16 @@ class FolderSource:
                 present += 1
                 self.other_patients[resource_type] += 1
                 continue
-            resource = _parse_line(line, path, number)
+            resource = parse_line(line)
+            if isinstance(resource, str):
+                unreadable += 1
+                shown = shown or _shown(path)
+                # A Patient line names other patients only (`link`): its own id may be the
+                # corrupt part, so nobody's data can be ruled out.
+                owner = None if resource_type == "Patient" else patient_named_by(line)
+                item = UnreadableItem(shown, number, resource, owner)
+                record(self.unreadable, self._unreadable_seen, item)
+                continue
             if resource.get("resourceType") != resource_type:
                 self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
                 continue
@@ -160,15 +188,20 @@ class FolderSource:
             else:
                 self.other_patients[resource_type] += 1
         if not present:
-            # A truncated copy or an export cut short: not a type with nothing to say.
+            # A truncated copy or an export cut short: not a type with nothing to say. Nor is a
+            # file with no readable line of the type: a wrong or wholly damaged file.
+            what = f"{unreadable} unreadable lines" if unreadable else "empty"
             raise IncompleteInputError(
-                f"{_shown(path)}: empty, no {resource_type} resources in the file"
+                f"{_shown(path)}: {what}, no readable {resource_type} resources in the file"
             )
         return present
 
     def _read_json(self, path: Path, query: Query) -> tuple[list[Resource], int]:
         """The file's resources for the query, and how many of the type it holds."""
         document = _parse_document(path)
+        if isinstance(document, UnreadableItem):
+            record(self.unreadable, self._unreadable_seen, document)
+            return [], 0
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             self.skipped[f"{path.name}: not a FHIR resource"] += 1
             return [], 0
@@ -260,20 +293,9 @@ def _lines(path: Path) -> Iterator[bytes]:
         raise IncompleteInputError(f"{_shown(path)}: cannot read ({_why(exc)})") from exc
 
 
-def _parse_line(line: bytes, path: Path, number: int) -> Resource:
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        # `from None`: the exception keeps the whole line, patient data included, in `doc`.
-        raise IncompleteInputError(
-            f"{_shown(path)}:{number}: not valid JSON ({exc.msg}, column {exc.colno})"
-        ) from None
-    if not isinstance(value, dict):
-        raise IncompleteInputError(f"{_shown(path)}:{number}: not a JSON object")
-    return value
-
-
 def _parse_document(path: Path) -> Any:
+    """The file's JSON value, or an UnreadableItem naming nobody: a Bundle holds many patients'
+    resources, and the bytes of a broken one say nothing sure about any of them."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -283,9 +305,8 @@ def _parse_document(path: Path) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise IncompleteInputError(
-            f"{_shown(path)}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})"
-        ) from None
+        # The exception is dropped: its `doc` holds the whole file, patient data included.
+        return UnreadableItem(_shown(path), exc.lineno, unreadable_reason(exc), None)
 
 
 def _prefilter(query: Query) -> frozenset[bytes] | None:
@@ -303,8 +324,11 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     A reference that `patient_id_of` reads as a wanted id appears in the raw line as
     `Patient/<id>` followed by `"` or `/`, unless JSON escapes spell it (`\\/`, `\\u0050`): those
     lines go on to the parse, and so does anything not shaped like one whole object, so that a
-    truncated line still fails the sweep, and so does an absolute reference (`.../Patient/<id>`,
-    `urn:uuid:...`), so that it is counted in `foreign`. Parsing confirms every line let through.
+    truncated line is still recorded as unreadable, and so does an absolute reference
+    (`.../Patient/<id>`, `urn:uuid:...`), so that it is counted in `foreign`, and so does a line
+    naming no Patient at all: its subject may be a wanted patient's reference garbled by the same
+    damage that makes the line unreadable (a byte of `Patient/` changed), which only a parse
+    records. Parsing confirms every line let through.
     """
     if not line.startswith(b"{") or not line.rstrip().endswith(b"}"):
         return True
@@ -312,6 +336,8 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     if b"\\" in line and (b"\\/" in line or b"\\u" in line):
         return True
     start = line.find(b"Patient/")
+    if start == -1:
+        return True
     while start != -1:
         if start and line[start - 1] != _QUOTE:
             # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
@@ -321,7 +347,8 @@ def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
         if line[start:end].split(b"/", 1)[0] in wanted:
             return True
         start = line.find(b"Patient/", start)
-    # An absolute reference without `Patient/` (`urn:uuid:...`): parsed, so it is counted too.
+    # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
+    # beside it, which may be the subject: parsed, so that it is counted too.
     return _ABSOLUTE_REFERENCE.search(line) is not None
 
 

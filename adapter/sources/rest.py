@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from adapter.fhir.client import FhirClient, JsonObject
     from adapter.fhir.paging import ResourceKey
     from adapter.fhir.urls import ServerBase
-    from adapter.sources.base import Query, Resource
+    from adapter.sources.base import Query, Resource, UnreadableItem
 
 # The search parameter that selects by patient, per resource type; `patient=123` (a bare id) is
 # valid for reference parameters (R4 search, "reference").
@@ -216,6 +216,8 @@ class RestSource:
         self._counts_work = True
         self.foreign: Counter[str] = Counter()
         self._foreign_seen: set[tuple[str, str]] = set()
+        # A page is parsed whole or its search fails: nothing is ever skipped as unreadable.
+        self.unreadable: list[UnreadableItem] = []
 
     async def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Resources of `query.resource_type`, each once, references to the base made relative."""

@@ -90,6 +90,7 @@ async def read_source(
         try:
             for kind in SURVEYED:
                 count, complete = 0, True
+                unreadable_before = len(folder.unreadable)
                 try:
                     async for resource in folder.fetch(Query(kind)):
                         if sample is not None and count >= sample:
@@ -99,12 +100,14 @@ async def read_source(
                         tally.add(resource)
                 except IncompleteInputError:
                     # A sweep needs every type; a survey reports the one missing. Only when no
-                    # file of the type was there: a corrupt or empty file still fails.
+                    # file of the type was there: an empty or unreadable file still fails.
                     if count or kind in ndjson:
                         raise
                     say(f"{kind}: none in the folder")
                 read[kind] = Sample(count, sample, complete)
-                say(f"{kind}: {count:,} read")
+                skipped = len(folder.unreadable) - unreadable_before
+                tail = f", {skipped} unreadable lines skipped" if skipped else ""
+                say(f"{kind}: {count:,} read{tail}")
         finally:
             await folder.aclose()
         return tally, read

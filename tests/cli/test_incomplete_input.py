@@ -2,6 +2,9 @@
 
 A folder without Observation.ndjson once exited 0 and flagged 14 ineligible patients, whom the sink
 never takes back. Whatever the source lacks, the run now stops before its first sink write.
+
+One unreadable line is not a missing file: it is skipped and judged by the sweep (issue 11, exit 3;
+tests/cli/test_unreadable_lines.py). A file of the type without one readable line still is.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ def folder_in_place_of_the_file(src: Path) -> None:
     (src / "Observation.ndjson").mkdir()
 
 
+def every_line_unreadable(src: Path) -> None:
+    """A file of the type, but none of it JSON: a wrong file, not an export with a bad line."""
+    lines = (src / "Observation.ndjson").read_bytes().splitlines(keepends=True)
+    (src / "Observation.ndjson").write_bytes(b"".join(line[:30] + b"\n" for line in lines))
+
+
 def emptied_folder(src: Path) -> None:
     for path in src.iterdir():
         path.unlink()
@@ -82,6 +91,9 @@ CASES = [
     pytest.param(without_observations, "no Observation resources", id="no-observation-file"),
     pytest.param(empty_observations, "Observation.ndjson: empty", id="empty-file"),
     pytest.param(corrupt_gzip, "Observation.ndjson.gz: not gzip, or corrupt", id="corrupt-gzip"),
+    pytest.param(
+        every_line_unreadable, "Observation.ndjson: 1106 unreadable lines", id="nothing-readable"
+    ),
     pytest.param(folder_in_place_of_the_file, "no Observation resources", id="unreadable-file"),
     pytest.param(emptied_folder, "no FHIR files", id="empty-folder"),
     pytest.param(bundles_without_procedures, "no Procedure resources", id="bundles-lack-a-type"),

@@ -101,6 +101,25 @@ def test_rerun_replaces_older_content(tmp_path: Path) -> None:
     assert mode(tmp_path / "ResearchSubject.ndjson") == 0o600
 
 
+def test_a_patient_this_run_could_not_evaluate_keeps_the_earlier_line(tmp_path: Path) -> None:
+    """Nothing is written for a patient under `errors` (issue 11): not even the removal of the
+    line an earlier run wrote. Everyone else's lines are this run's."""
+    sink = FolderSink(tmp_path)
+    sink.write(resources.research_study(STUDY), subjects())
+    earlier = subjects()
+    sink.write(resources.research_study(STUDY), earlier[:2], keep=frozenset({"Patient/pat-3"}))
+    lines = (tmp_path / "ResearchSubject.ndjson").read_bytes().splitlines()
+    written = {orjson.loads(line)["individual"]["reference"] for line in lines}
+    assert written == {"Patient/pat-0", "Patient/pat-1", "Patient/pat-3"}
+
+
+def test_a_kept_patient_flagged_again_is_not_doubled(tmp_path: Path) -> None:
+    sink = FolderSink(tmp_path)
+    sink.write(resources.research_study(STUDY), subjects())
+    sink.write(resources.research_study(STUDY), subjects(), keep=frozenset({"Patient/pat-3"}))
+    assert len((tmp_path / "ResearchSubject.ndjson").read_bytes().splitlines()) == 5
+
+
 def test_a_resource_that_cannot_be_serialised_leaves_the_old_files(tmp_path: Path) -> None:
     """Nothing is replaced (and no temp file is left) when one resource cannot be written."""
     sink = FolderSink(tmp_path)

@@ -11,8 +11,9 @@ import pytest
 
 from adapter.errors import ExitCode, IncompleteInputError, SourcePathError
 from adapter.facts.model import Coding
-from adapter.sources.base import Query, Resource, patient_id_of
+from adapter.sources.base import Query, Resource, UnreadableItem, patient_id_of
 from adapter.sources.files import FolderSource
+from adapter.sources.unreadable import patient_named_by
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -134,29 +135,147 @@ def test_a_line_of_another_type_is_skipped_and_counted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("bad_line", "patients"),
+    ("bad_line", "patients", "reason"),
     [
-        (b'{"resourceType":"Observation","id":"secret-value","subject":{"refer', None),
-        (b'{"resourceType":"Observation","id":"secret-value","subject":{"refer', {"p1"}),
-        (b'{"resourceType":"Observation","id":"secret-value",}', None),
-        (b'["secret-value"]', None),
-        (b'["secret-value"]', {"p1"}),
-        (b'{"resourceType":"Observation","id":"secret-value\xff"}', None),
+        (
+            b'{"resourceType":"Observation","id":"secret-value","subject":{"refer',
+            None,
+            "not valid JSON",
+        ),
+        (
+            b'{"resourceType":"Observation","id":"secret-value","subject":{"refer',
+            {"p1"},
+            "not valid JSON",
+        ),
+        (b'{"resourceType":"Observation","id":"secret-value",}', None, "trailing comma"),
+        (b'["secret-value"]', None, "not a JSON object"),
+        (b'["secret-value"]', {"p1"}, "not a JSON object"),
+        (b'{"resourceType":"Observation","id":"secret-value\xff"}', None, "not valid UTF-8"),
+        (
+            b'{"resourceType":"Observation","id":"secret-value","valueInteger":NaN}',
+            None,
+            "not valid JSON",
+        ),
     ],
-    ids=["truncated", "truncated-filtered", "comma", "array", "array-filtered", "not-utf8"],
+    ids=["truncated", "truncated-filtered", "comma", "array", "array-filtered", "not-utf8", "nan"],
 )
 @pytest.mark.parametrize("name", ["Observation.ndjson", "Observation.ndjson.gz"])
-def test_a_malformed_line_fails_with_file_and_line_but_not_its_content(
-    tmp_path: Path, name: str, bad_line: bytes, patients: set[str] | None
+def test_a_malformed_line_is_skipped_and_recorded_by_file_and_line_but_not_its_content(
+    tmp_path: Path, name: str, bad_line: bytes, patients: set[str] | None, reason: str
 ) -> None:
-    """A corrupt export stops the sweep: the message names file:line and leaves the data out."""
+    """One corrupt line no longer stops the sweep (issue 11): the lines around it come back, and
+    `unreadable` names file:line and why, never the data."""
     data = orjson.dumps(obs("o1")) + b"\n\n" + bad_line + b"\n" + orjson.dumps(obs("o2")) + b"\n"
     (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
-    with pytest.raises(IncompleteInputError, match=rf"{name}:3: ") as caught:
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation", patients)) == ["o1", "o2"]
+    [item] = source.unreadable
+    assert (item.file, item.line, item.patient) == (str(tmp_path / name), 3, None)
+    assert reason in item.reason
+    assert "secret" not in repr(item)
+
+
+def test_an_unreadable_line_is_recorded_once_however_often_it_is_read(tmp_path: Path) -> None:
+    """The sweep reads Condition.ndjson for the cohort and again for its patients."""
+    bad = b'{"resourceType":"Observation","subject":{"reference":"Patient/p1"},"x":tru}'
+    (tmp_path / "Observation.ndjson").write_bytes(orjson.dumps(obs("o1")) + b"\n" + bad + b"\n")
+    source = FolderSource(tmp_path)
+    collect(source, "Observation")
+    collect(source, "Observation", {"p1"})
+    assert [(i.line, i.patient) for i in source.unreadable] == [(2, "p1")]
+
+
+@pytest.mark.parametrize(
+    ("line", "patient"),
+    [
+        (b'{"resourceType":"Observation","subject":{"reference":"Patient/p-1.2"},"x":', "p-1.2"),
+        (b'{"subject" : { "reference" : "Patient/p1/_history/3" }, "v": tru}', "p1"),
+        (b'{"patient":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p1"}],', "p1"),
+        (b'{"subject":{"reference":"Patient/p1"},"x":"\xff"}', "p1"),
+        # Two patients, or the subject perhaps another's: nobody for sure.
+        (b'{"subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}],', None),
+        (b'{"subject":{"reference":"Patient/p1"},"x":"http://h/fhir/Patient/p2"', None),
+        (b'{"subject":{"reference":"Patient/p1"},"note":"see Patient/p1"', None),
+        (b'{"performer":[{"reference":"Patient/p1"}],"subject":{"refer', None),
+        (b'{"subject":{"display":"x","reference":"Patient/p1"}', None),
+        # Escapes could spell another reference; a cut-short or invalid id is no id.
+        (b'{"subject":{"reference":"Patient/p1"},"y":{"reference":"Patient\\/p2"}', None),
+        (b'{"subject":{"reference":"Patient/p1"},"y":"\\u0050atient/p2"', None),
+        (b'{"subject":{"reference":"Patient/p1', None),
+        (b'{"subject":{"reference":"Patient/p 1"}', None),
+        (b'{"subject":{"reference":"Patient/' + b"x" * 65 + b'"}', None),
+        (b'{"subject":{"reference":"Patient/p1/other/2"}', None),
+        (b'{"subject":{"reference":"Group/g1"}', None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_an_unreadable_line_names_its_patient_only_beyond_doubt(line: bytes, patient: str) -> None:
+    """Every `Patient/` in the line is the subject's one relative reference, or nobody."""
+    assert patient_named_by(line) == patient
+
+
+@pytest.mark.parametrize("name", ["Condition.ndjson", "Observation.000.ndjson.gz"])
+def test_an_unreadable_line_of_a_patient_linked_type_names_its_patient(
+    tmp_path: Path, name: str
+) -> None:
+    """Read from the raw bytes, also when the query asks for that patient only."""
+    kind = name.split(".", 1)[0]
+    bad = b'{"resourceType":"%s","subject":{"reference":"Patient/p7"},"code":{' % kind.encode()
+    good = orjson.dumps({"resourceType": kind, "id": "r1", "subject": {"reference": "Patient/p1"}})
+    data = good + b"\n" + bad + b"\n"
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    for patients in (None, {"p7"}):
+        source = FolderSource(tmp_path)
+        collect(source, kind, patients)
+        [item] = source.unreadable
+        assert item == UnreadableItem(str(tmp_path / name), 2, item.reason, "p7")
+
+
+def test_an_unreadable_patient_line_names_nobody(tmp_path: Path) -> None:
+    """A Patient line's own id may be what broke; its `link`s name other patients."""
+    bad = b'{"resourceType":"Patient","id":"p2","link":[{"other":{"reference":"Patient/p1"}}],'
+    good = orjson.dumps({"resourceType": "Patient", "id": "p1"})
+    (tmp_path / "Patient.ndjson").write_bytes(good + b"\n" + bad + b"\n")
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Patient", {"p1", "p2"})) == ["p1"]
+    assert [(i.line, i.patient) for i in source.unreadable] == [(2, None)]
+
+
+def test_a_line_the_patient_pre_check_drops_is_not_parsed_nor_recorded(tmp_path: Path) -> None:
+    """Shaped like one object and naming no wanted patient: it cannot be a wanted patient's, and
+    is counted with the other patients' lines; read for every patient, it is recorded."""
+    bad = b'{"resourceType":"Observation","subject":{"reference":"Patient/p2"},"x":tru}'
+    (tmp_path / "Observation.ndjson").write_bytes(orjson.dumps(obs("o1")) + b"\n" + bad + b"\n")
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation", {"p1"})) == ["o1"]
+    assert source.unreadable == []
+    assert source.other_patients == {"Observation": 1}
+    collect(source, "Observation")
+    assert [(i.line, i.patient) for i in source.unreadable] == [(2, "p2")]
+
+
+def test_a_damaged_line_naming_no_patient_is_parsed_and_recorded_even_when_filtered(
+    tmp_path: Path,
+) -> None:
+    """Its subject may be a wanted patient's with a garbled byte: the pre-check lets it through."""
+    bad = b'{"resourceType":"Observation","subject":{"reference":"Pat\xffent/p1"}}'
+    (tmp_path / "Observation.ndjson").write_bytes(orjson.dumps(obs("o1")) + b"\n" + bad + b"\n")
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation", {"p1"})) == ["o1"]
+    assert [(i.line, i.reason, i.patient) for i in source.unreadable] == [
+        (2, "not valid UTF-8", None)
+    ]
+
+
+@pytest.mark.parametrize("patients", [None, {"p1"}], ids=["all", "filtered"])
+def test_a_file_without_one_readable_line_of_its_type_is_incomplete_input(
+    tmp_path: Path, patients: set[str] | None
+) -> None:
+    """Every line unreadable: a wrong or wholly damaged file, not an export with a bad line."""
+    write_ndjson(tmp_path / "Observation.000.ndjson", obs("o1"))
+    (tmp_path / "Observation.001.ndjson").write_bytes(b"garbage\n{\n")
+    with pytest.raises(IncompleteInputError, match=r"001\.ndjson: 2 unreadable lines, no readable"):
         collect(FolderSource(tmp_path), "Observation", patients)
-    assert "secret" not in str(caught.value)
-    assert caught.value.__cause__ is None
-    assert caught.value.exit_code == ExitCode.FATAL
 
 
 @pytest.mark.parametrize(
@@ -409,13 +528,27 @@ def test_json_that_is_not_a_fhir_resource_is_skipped_and_counted(tmp_path: Path)
     }
 
 
-def test_a_malformed_json_file_fails_with_file_and_line(tmp_path: Path) -> None:
-    """A broken Bundle file stops the sweep, naming the file (a type-named one) and line."""
+def test_a_malformed_json_file_is_skipped_and_recorded_naming_nobody(tmp_path: Path) -> None:
+    """A broken Bundle is recorded with the file (a type-named one) and line; it holds many
+    patients' resources, so its bytes name none for sure. The other files are read."""
     (tmp_path / "Bundle_1.json").write_text(
         '{\n  "resourceType": "Bundle",\n  "entry": [\n  ,]\n}\n'
     )
-    with pytest.raises(IncompleteInputError, match=r"Bundle_1\.json:4: not valid JSON"):
-        collect(FolderSource(tmp_path), "Patient")
+    write_json(tmp_path / "Bundle_2.json", bundle("collection", {"resource": obs("o1")}))
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Observation")) == ["o1"]
+    [item] = source.unreadable
+    assert (item.file, item.line, item.patient) == (str(tmp_path / "Bundle_1.json"), 4, None)
+    assert item.reason.startswith("not valid JSON")
+
+
+def test_a_folder_of_only_broken_json_files_lacks_the_type(tmp_path: Path) -> None:
+    """Nothing readable holds the type: incomplete input, as for a missing file."""
+    (tmp_path / "Bundle_1.json").write_text("{not json")
+    source = FolderSource(tmp_path)
+    with pytest.raises(IncompleteInputError, match="no Patient resources"):
+        collect(source, "Patient")
+    assert len(source.unreadable) == 1
 
 
 # --- filtering ----------------------------------------------------------------------------------
@@ -590,14 +723,16 @@ def test_the_bytes_pre_check_agrees_with_a_full_parse_on_synthea(shared_data: Pa
     assert ids(collect(source, "Observation", patients)) == expected
 
 
-def test_a_broken_file_named_after_a_patient_is_not_named_in_the_error(tmp_path: Path) -> None:
-    """Synthea names Bundle files after the patient: errors show the file's place, not its name."""
+def test_a_broken_file_named_after_a_patient_is_not_named_in_the_record(tmp_path: Path) -> None:
+    """Synthea names Bundle files after the patient: the record shows the file's place, not its
+    name, and so does the error when nothing else holds the type."""
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "Abe604_Frami345_1234.json").write_text("{not json")
-    with pytest.raises(IncompleteInputError) as info:
-        collect(FolderSource(folder), "Condition", None)
-    message = str(info.value)
-    assert "Abe604" not in message
-    assert "Frami345" not in message
-    assert "file 1 of 1 in name order" in message
+    write_json(folder / "Zed_Zee_9.json", bundle("collection", {"resource": obs("o1")}))
+    source = FolderSource(folder)
+    collect(source, "Observation")
+    [item] = source.unreadable
+    assert "Abe604" not in item.file
+    assert "Frami345" not in item.file
+    assert "file 1 of 2 in name order" in item.file
