@@ -10,6 +10,7 @@ which. Fine print: a referenceRange with only one bound gives the default. Coagu
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,10 +57,16 @@ def control_pt(ctx: Context, pt: LabValue, ratio_analyte: str | None, default: f
     if ratio_analyte and day is not None and present_in_window(on_day(ctx, day), ratio_analyte, 0):
         return _ratio_control(ctx, value, ratio_analyte, day)
     entries = ranges_for(pt.reference_ranges, ctx.facts.patient, ctx.as_of)
+    if entries and entries[0].high_problem is not None:
+        # As for a ULN: a range the Observation gives but that cannot be read is not replaced
+        # by the default in silence.
+        return Control(
+            None, f"control PT from the referenceRange: {entries[0].high_problem} ({pt.reference})"
+        )
     if entries:
         low, high = entries[0].low, entries[0].high
         if low is not None and high is not None:
-            control = clean((low.value + high.value) / 2)
+            control = clean(low.value / 2 + high.value / 2)  # (low + high) / 2 can overflow
             return Control(
                 control,
                 f"control PT {fmt(control)} {value.unit} = midpoint of referenceRange "
@@ -79,11 +86,13 @@ def _ratio_control(ctx: Context, pt: Normalised, ratio_analyte: str, day: date) 
     ratio = pick.lab.normalised
     if pick.problem is not None or ratio is None:
         return Control(None, f"control PT from the same-day ratio: {pick.problem}", ev)
-    if ratio.comparator or pt.comparator or ratio.value <= 0:
+    control = pt.value / ratio.value if ratio.value > 0 else math.inf
+    if ratio.comparator or pt.comparator or not math.isfinite(control):
+        # a ratio of 5e-324 makes the control infinite, and the prolongation -inf: no band
         return Control(
             None, f"control PT = PT {shown(pt)} / ratio {shown(ratio)} cannot be computed", ev
         )
-    control = clean(pt.value / ratio.value)
+    control = clean(control)
     return Control(
         control,
         f"control PT {fmt(control)} {pt.unit} = PT {fmt(pt.value)} {pt.unit} / ratio "
@@ -114,6 +123,12 @@ def pt_prolongation(
     control = control_pt(ctx, lab, ratio, default_control)
     if control.value is None:
         return Prolongation(None, control.source, (pt_ev, *control.evidence))
+    analyte = ctx.analytes.get(pt)
+    if analyte is not None and not analyte.plausible(control.value):
+        # The control is a prothrombin time too (trial-spec v2 plausibility): a ratio of 1e-300
+        # or a referenceRange of 1e308 s must not give a prolongation of -1e301 s.
+        why = f"{control.source}: not a plausible prothrombin time ({analyte.plausible_text()})"
+        return Prolongation(None, why, (pt_ev, *control.evidence))
     value = Normalised(clean(norm.value - control.value), norm.unit, norm.comparator, "derived")
     head = Evidence(
         reference=lab.reference,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import MAXYEAR, date, timedelta
 
 from adapter.analytes import Analyte
 from adapter.codes import CodeSet
@@ -59,12 +59,19 @@ def is_active(cond: ConditionFact, as_of: date, birth_date: FhirDate | None = No
 
 
 def _plus_years(day: date, years: float) -> date:
+    """`day` moved on by `years`; past the calendar's last day (a birthDate of 9999) it is that
+    last day, which is after any as-of."""
     whole = int(years)
+    if day.year + whole > MAXYEAR:
+        return date.max
     try:
         moved = day.replace(year=day.year + whole)
     except ValueError:  # 29 February
         moved = day.replace(year=day.year + whole, day=28)
-    return moved + timedelta(days=round((years - whole) * 365.25))
+    try:
+        return moved + timedelta(days=round((years - whole) * 365.25))
+    except OverflowError:
+        return date.max
 
 
 def window_start(as_of: date, days: int) -> date:

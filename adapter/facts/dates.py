@@ -10,8 +10,12 @@ from datetime import UTC, date, datetime, timedelta, timezone
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$",
+    re.ASCII,  # FHIR's grammar is [0-9]: `\d` alone would read Arabic-Indic or fullwidth digits
 )
+#: FHIR allows 60 seconds (a leap second, `23:59:60Z`); Python's datetime does not, so one is
+#: read as the last microsecond of its minute: the same calendar day, and still after :59.
+_LEAP_SECOND = 60
 
 
 @dataclass(frozen=True, slots=True, order=False)
@@ -34,9 +38,13 @@ class FhirDate:
         return self.first_day == self.last_day
 
     def sort_key(self) -> tuple[date, datetime]:
-        """Key for 'latest': the last day it may be, then its instant within that day."""
+        """Key for 'latest': the last day it may be, then its instant within that day.
+
+        Aware datetimes compare as instants whatever their offsets; converting them to UTC would
+        overflow at the calendar's edges (`0001-01-01T00:00:00+14:00` is in year 0 in UTC).
+        """
         moment = self.instant or datetime.combine(self.last_day, datetime.min.time(), UTC)
-        return (self.last_day, moment.astimezone(UTC))
+        return (self.last_day, moment)
 
 
 def parse_fhir_date(text: object) -> FhirDate | None:
@@ -55,21 +63,18 @@ def parse_fhir_date(text: object) -> FhirDate | None:
             last = calendar.monthrange(year, month)[1]
             return FhirDate(text, date(year, month, 1), date(year, month, last))
         day = date(year, month, int(m["d"]))
-        instant: datetime | None = None
-        if m["H"] is not None and m["tz"] is not None:
-            tz = UTC if m["tz"] == "Z" else _offset(m["tz"])
-            frac = (m["f"] or "0")[:6].ljust(6, "0")
-            instant = datetime(
-                year,
-                month,
-                day.day,
-                int(m["H"]),
-                int(m["M"]),
-                int(m["S"] or 0),
-                int(frac),
-                tzinfo=tz,
-            )
-        return FhirDate(text, day, day, instant)
+        if m["H"] is None:
+            return FhirDate(text, day, day)
+        second = int(m["S"] or 0)
+        micro = int((m["f"] or "0")[:6].ljust(6, "0"))
+        if second == _LEAP_SECOND:
+            second, micro = 59, 999_999
+        # Built even without an offset, so that an impossible time (25:00) is unreadable too.
+        moment = datetime(year, month, day.day, int(m["H"]), int(m["M"]), second, micro)
+        if m["tz"] is None:
+            return FhirDate(text, day, day)
+        tz = UTC if m["tz"] == "Z" else _offset(m["tz"])
+        return FhirDate(text, day, day, moment.replace(tzinfo=tz))
     except ValueError:
         return None
 

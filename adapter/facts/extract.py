@@ -7,6 +7,7 @@ shape is treated as absent, never as a crash.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,13 +41,21 @@ _BIRTH_SEX_CODES = {"M": "male", "F": "female"}
 _CLINICAL_SEX_CODES = {"male-typical": "male", "female-typical": "female"}
 
 
+def array(value: object) -> list[Any] | tuple[Any, ...]:
+    """A JSON array's items; any other value (text, a number, an object) has none.
+
+    `value or ()` would iterate the characters of a string and raise on a number or `true`.
+    """
+    return value if isinstance(value, list | tuple) else ()
+
+
 def codings(concept: object, aliases: Aliases = NO_ALIASES) -> tuple[Coding, ...]:
     """The (system, code) pairs of a CodeableConcept, systems in the mappings' spelling; codings
     missing either are skipped."""
     if not isinstance(concept, Mapping):
         return ()
     out = []
-    for c in concept.get("coding") or ():
+    for c in array(concept.get("coding")):
         if isinstance(c, Mapping):
             system, code = c.get("system"), c.get("code")
             if isinstance(system, str) and isinstance(code, str):
@@ -58,7 +67,7 @@ def first_code(concept: object) -> str | None:
     """The first code of a CodeableConcept, whatever its system (status-like fields)."""
     if not isinstance(concept, Mapping):
         return None
-    for c in concept.get("coding") or ():
+    for c in array(concept.get("coding")):
         if isinstance(c, Mapping) and isinstance(c.get("code"), str):
             return str(c["code"])
     return None
@@ -89,17 +98,27 @@ def observation_date(res: Json) -> FhirDate | None:
     return None
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _number(value: object) -> float | None:
+    """A JSON number as a finite float; None for anything else, and for NaN, the infinities and
+    integers too large for a float (`10**400`: parsers with big integers or NaN hand these over)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def recorded_sex(res: Json) -> str | None:
     """Sex from the sex-for-clinical-use or US Core birth-sex extension (trial-spec, fine print:
     not_pregnant); 'unknown' for any other value, or when the two disagree."""
     found: set[str] = set()
-    for ext in res.get("extension") or ():
+    for ext in array(res.get("extension")):
         if not isinstance(ext, Mapping) or not isinstance(ext.get("url"), str):
             continue
         url = str(ext["url"])
@@ -110,7 +129,7 @@ def recorded_sex(res: Json) -> str | None:
             concepts = [ext.get("valueCodeableConcept")]
             concepts += [
                 sub.get("valueCodeableConcept")
-                for sub in ext.get("extension") or ()
+                for sub in array(ext.get("extension"))
                 if isinstance(sub, Mapping) and sub.get("url") == "value"
             ]
             codes = {c.code for concept in concepts for c in codings(concept)}
@@ -126,7 +145,7 @@ def patient_info(res: Json) -> PatientInfo:
     deceased_date = parse_fhir_date(deceased_text) if deceased_text is not None else None
     deceased_bool = res.get("deceasedBoolean")
     identifiers = []
-    for ident in res.get("identifier") or ():
+    for ident in array(res.get("identifier")):
         if isinstance(ident, Mapping):
             system, value = ident.get("system"), ident.get("value")
             if isinstance(system, str) and isinstance(value, str):
@@ -175,7 +194,7 @@ def condition_fact(res: Json, aliases: Aliases = NO_ALIASES) -> ConditionFact:
     if onset is None and isinstance(onset_period, Mapping):
         onset = parse_fhir_date(onset_period.get("start"))
     stages: list[Coding] = []
-    for stage in res.get("stage") or ():
+    for stage in array(res.get("stage")):
         if isinstance(stage, Mapping):
             stages.extend(codings(stage.get("summary"), aliases))
     return ConditionFact(
@@ -231,7 +250,7 @@ class FactBuilder:
     def observation(self, res: Json) -> list[LabValue]:
         """One LabValue per needed analyte the Observation (or a component) measures."""
         parts: list[Json] = [res]
-        parts.extend(c for c in res.get("component") or () if isinstance(c, Mapping))
+        parts.extend(c for c in array(res.get("component")) if isinstance(c, Mapping))
         found = [
             (part, matches)
             for part in parts
@@ -304,9 +323,10 @@ class FactBuilder:
         self, part: Json, analyte: Analyte, code_mass: float | None
     ) -> tuple[Recorded | None, Normalised | None, str | None]:
         q = part.get("valueQuantity")
+        field = "valueQuantity"
         if not isinstance(q, Mapping):
             if isinstance(part.get("valueInteger"), int):
-                q = {"value": part["valueInteger"]}
+                q, field = {"value": part["valueInteger"]}, "valueInteger"
             else:
                 absent = first_code(part.get("dataAbsentReason"))
                 if absent:
@@ -314,7 +334,9 @@ class FactBuilder:
                 return None, None, "no valueQuantity"
         value = _number(q.get("value"))
         comparator = q.get("comparator")
-        comparator = comparator if comparator in COMPARATORS else None
+        comparator = (
+            comparator if isinstance(comparator, str) and comparator in COMPARATORS else None
+        )
         recorded = Recorded(
             value=value,
             unit=q.get("unit") if isinstance(q.get("unit"), str) else None,
@@ -323,6 +345,8 @@ class FactBuilder:
             system=self._system(q.get("system")),
         )
         if value is None:
+            if _is_number(q.get("value")):
+                return recorded, None, f"{field} is not a finite number"
             return recorded, None, "valueQuantity has no number"
         if recorded.unit is None and recorded.code is None and analyte.unit_if_missing:
             # trial-spec: a blood pressure component with a value but no unit is mm[Hg].
@@ -384,10 +408,15 @@ class FactBuilder:
             high_problem = None
             for key in ("low", "high"):
                 q = rr.get(key)
-                if not isinstance(q, Mapping) or _number(q.get("value")) is None:
+                if not isinstance(q, Mapping) or not _is_number(q.get("value")):
                     continue
                 value = _number(q.get("value"))
-                assert value is not None
+                if value is None or value < 0:
+                    # NaN, an infinity, too large for a float, negative: recorded but unusable;
+                    # a high like that gives unknown, as an unconvertible one does.
+                    if key == "high":
+                        high_problem = "reference range high is not a plausible number"
+                    continue
                 has_unit = isinstance(q.get("unit"), str) or isinstance(q.get("code"), str)
                 # A bound with no unit takes the value's unit (trial-spec, fine print).
                 unit_src = (
@@ -406,6 +435,9 @@ class FactBuilder:
                 if isinstance(result, Unconvertible):
                     if key == "high":
                         high_problem = f"reference range high: {result.reason}"
+                elif key == "high" and not analyte.plausible(result.value):
+                    # A ULN of 1e308 U/L would let any value pass (trial-spec v2 plausibility).
+                    high_problem = "reference range high is implausible"
                 else:
                     bounds[key] = result
             age = rr.get("age")
@@ -414,7 +446,7 @@ class FactBuilder:
                 age_low = _years(age.get("low"))
                 age_high = _years(age.get("high"))
             applies: list[Coding] = []
-            for concept in rr.get("appliesTo") or ():
+            for concept in array(rr.get("appliesTo")):
                 applies.extend(codings(concept, self._aliases))
             out.append(
                 ReferenceRange(

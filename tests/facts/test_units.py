@@ -691,12 +691,12 @@ def test_every_unit_in_the_shared_observations_is_listed_above(
 
 def test_one_registry_is_built_once_and_shared() -> None:
     """Loading twice reuses the lazily built pint registry (it takes about a second)."""
-    from adapter.facts.units import _ucum
+    from adapter.facts.ucum import engine
 
     first = Units.load(SYNONYMS)
     second = Units.load(SYNONYMS)
     assert first.convert(1, "g/dL", "g/L") == second.convert(1, "g/dL", "g/L") == 10.0
-    assert _ucum() is _ucum()
+    assert engine() is engine()
 
 
 @pytest.mark.parametrize("canonical", ["{ratio}", "{INR}", "{score}"])
