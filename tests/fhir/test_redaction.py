@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
-import stamina
 
 from adapter.errors import (
     ExitCode,
@@ -44,12 +42,6 @@ NAMING_A_PATIENT = {
         }
     ],
 }
-
-
-@pytest.fixture(autouse=True)
-def instant_retries() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
 
 
 def run(call: Any) -> Any:
