@@ -131,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument(
         "--only", nargs="+", action="extend", metavar="NAME", help="refresh only these sets"
     )
+    refresh.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
     refresh.add_argument(
-        "--timeout", type=seconds, default=60.0, metavar="SECONDS", help=TIMEOUT_HELP
+        "--config",
+        type=Path,
+        help="site configuration (default $TRIAL_ADAPTER_CONFIG): its `terminology:` section "
+        "gives the proxy, CA bundle and timeout",
     )
     log_options(refresh)
     refresh.set_defaults(quiet=False)
@@ -216,7 +220,9 @@ async def _codesets(args: argparse.Namespace) -> ExitCode:
     """`codesets refresh`: one summary line per set on stderr."""
     if not is_url(args.tx):
         raise UsageError(f"--tx must be an http(s) URL: {args.tx}")
-    async with terminology.tx_client(args.timeout) as http:
+    tx = _site(args).terminology
+    timeout = args.timeout or tx.timeout
+    async with terminology.tx_client(timeout, proxy=tx.proxy, ca_bundle=tx.ca_bundle) as http:
         await terminology.refresh(
             http,
             args.tx,

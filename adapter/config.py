@@ -126,6 +126,8 @@ class SiteConfig(BaseModel):
 
     source: ServerConfig = ServerConfig()
     sink: ServerConfig = ServerConfig()
+    #: the terminology server of `codesets refresh` (its proxy, CA bundle and timeout; no auth)
+    terminology: ServerConfig = ServerConfig()
     #: the state folder (locks); `--state-dir` overrides it, and without either the CLI uses
     #: $XDG_STATE_HOME/trial-adapter or ~/.local/state/trial-adapter (adapter.state)
     state_dir: Path | None = None
@@ -147,7 +149,7 @@ def load_site_config(path: Path | None) -> SiteConfig:
     if data is None:
         data = {}
     if isinstance(data, dict):
-        for side in ("source", "sink"):
+        for side in ("source", "sink", "terminology"):
             server = data.get(side)
             auth = server.get("auth") if isinstance(server, dict) else None
             if isinstance(auth, dict):

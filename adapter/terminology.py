@@ -51,13 +51,16 @@ REFRESH_MARK = "Refreshed by `trial-adapter codesets refresh`"
 _VERSION_PARAMETERS = ("version", "system-version", "used-codesystem")
 
 
-def tx_client(timeout: float) -> httpx.AsyncClient:
+def tx_client(
+    timeout: float, *, proxy: str | None = None, ca_bundle: Path | None = None
+) -> httpx.AsyncClient:
     """The HTTP client for a terminology server: TLS verified, no auth, redirects by FhirClient,
-    and nothing taken from the environment (no HTTPS_PROXY, no SSL_CERT_FILE: fhir.transport).
+    and nothing taken from the environment (no HTTPS_PROXY, no SSL_CERT_FILE: fhir.transport);
+    a proxy and a CA bundle only from the site file's `terminology:` section.
 
     The CLI builds its client here, so tests replace this function with one on a MockTransport.
     """
-    return http_client(timeout=timeout)
+    return http_client(timeout=timeout, proxy=proxy, ca_bundle=ca_bundle)
 
 
 def installed_package_dir() -> Path:

@@ -146,7 +146,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Callable[[Server], Server]:
     """Make the CLI's terminology client talk to `server`."""
 
     def use(server: Server) -> Server:
-        monkeypatch.setattr(terminology, "tx_client", lambda _timeout: server.client())
+        monkeypatch.setattr(terminology, "tx_client", lambda _timeout, **_trust: server.client())
         return server
 
     return use
@@ -467,3 +467,29 @@ def test_paging_that_does_not_move_forward_is_an_error(tmp_path):
     with pytest.raises(InvalidResponseError, match="paging stopped at 2 of 3"):
         refresh(server, mappings(tmp_path, NAMED))
     assert len(server.requests) == 2
+
+
+def test_the_terminology_section_of_the_site_file_gives_proxy_ca_bundle_and_timeout(
+    tmp_path, capsys, monkeypatch
+):
+    """Never the environment (issue 11): the proxy and CA bundle come from `terminology:` in the
+    site file, a relative bundle read from the file's folder; --timeout overrides its timeout."""
+    server = answering(DIABETES_EXPANSION)
+    seen: list[tuple[float, dict[str, object]]] = []
+
+    def client(timeout: float, **trust: object) -> object:
+        seen.append((timeout, trust))
+        return server.client()
+
+    monkeypatch.setattr(terminology, "tx_client", client)
+    site = tmp_path / "site" / "site.yaml"
+    site.parent.mkdir()
+    site.write_text(
+        "terminology:\n  proxy: http://proxy.hospital.test:3128\n  ca_bundle: ca.pem\n"
+        "  timeout: 15\n"
+    )
+    folder = mappings(tmp_path, DIABETES)
+    assert cli(capsys, "--mappings", str(folder), "--config", str(site))[0] == 0
+    assert cli(capsys, "--mappings", str(folder), "--config", str(site), "--timeout", "5")[0] == 0
+    trust = {"proxy": "http://proxy.hospital.test:3128", "ca_bundle": site.parent / "ca.pem"}
+    assert seen == [(15.0, trust), (5.0, trust)]
