@@ -128,6 +128,10 @@ class SiteConfig(BaseModel):
     sink: ServerConfig = ServerConfig()
     #: the terminology server of `codesets refresh` (its proxy, CA bundle and timeout; no auth)
     terminology: ServerConfig = ServerConfig()
+    #: the identifier system of the hospital's medical record number, shown in the worklist;
+    #: without it the identifier of type MR is taken, else none (never another identifier:
+    #: Synthea's first one is a social security number)
+    mrn_system: str | None = None
     #: the state folder (locks); `--state-dir` overrides it, and without either the CLI uses
     #: $XDG_STATE_HOME/trial-adapter or ~/.local/state/trial-adapter (adapter.state)
     state_dir: Path | None = None

@@ -59,6 +59,9 @@ class SweepResult:
     identifiers: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: reference -> versioned reference (`Observation/1/_history/3`) of each fact with a version
     versions: dict[str, str] = field(default_factory=dict)
+    #: Patient reference -> the ResearchSubject status people set on the sink (withdrawn,
+    #: on-study...), read by the sink stage; such a patient is never listed as a new candidate
+    people_status: dict[str, str] = field(default_factory=dict)
     #: a dry run's planned sink writes (adapter.sinks.plan.PlannedWrite as dicts)
     planned_writes: list[dict[str, str | None]] = field(default_factory=list)
     #: input lines (and JSON files) the source skipped as unreadable, in the order met
