@@ -13,6 +13,7 @@ from typing import Any
 
 from adapter.analytes import Analyte
 from adapter.facts.dates import FhirDate, parse_fhir_date
+from adapter.facts.identity import human_name, mrn_of
 from adapter.facts.model import (
     Abatement,
     Coding,
@@ -140,7 +141,8 @@ def recorded_sex(res: Json) -> str | None:
     return found.pop() if len(found) == 1 else "unknown"
 
 
-def patient_info(res: Json) -> PatientInfo:
+def patient_info(res: Json, *, mrn_system: str | None = None) -> PatientInfo:
+    """The Patient's facts; its MRN is of the site's `mrn_system`, else of type MR (identity)."""
     deceased_text = res.get("deceasedDateTime")
     deceased_date = parse_fhir_date(deceased_text) if deceased_text is not None else None
     deceased_bool = res.get("deceasedBoolean")
@@ -161,6 +163,8 @@ def patient_info(res: Json) -> PatientInfo:
         version=version_of(res),
         identifiers=tuple(identifiers),
         recorded_sex=recorded_sex(res),
+        name=human_name(res),
+        mrn=mrn_of(res, mrn_system),
     )
 
 

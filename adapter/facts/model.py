@@ -140,6 +140,10 @@ class PatientInfo:
     #: sex from the sex-for-clinical-use or US Core birth-sex extension ('male', 'female', or
     #: 'unknown' for other values or two that disagree); None when neither extension is present
     recorded_sex: str | None = None
+    #: the name and medical record number people know the patient by (adapter.facts.identity);
+    #: for results.json and the CSVs only, never read by the engine, never logged
+    name: str | None = None
+    mrn: str | None = None
 
     @property
     def sex(self) -> str | None:

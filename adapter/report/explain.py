@@ -5,16 +5,17 @@ from __future__ import annotations
 from datetime import date
 
 from adapter.criteria.results import Evidence, PatientVerdict
+from adapter.report.results import evidence_json
+from adapter.report.values import shown_value
 
 COLUMNS = ("criterion", "result", "value", "unit", "date", "threshold", "reason")
 
 
 def _value(ev: Evidence) -> tuple[str, str]:
-    if ev.normalised_value is not None:
-        return f"{ev.recorded_comparator or ''}{ev.normalised_value:g}", ev.normalised_unit or ""
-    if ev.recorded_value is not None:
-        return f"{ev.recorded_comparator or ''}{ev.recorded_value:g}", ev.recorded_unit or ""
-    return "", ""
+    """As the CSVs and report.html show it: normalised and rounded where it could be, else as
+    recorded; the comparator kept either way (adapter.report.values)."""
+    shape = evidence_json(ev)
+    return shown_value(shape["recorded"], shape["normalised"])
 
 
 def explain_table(verdict: PatientVerdict, trial: str, as_of: date, *, in_cohort: bool) -> str:

@@ -1,10 +1,8 @@
-"""results.json and candidates.csv: what the coordinator reads, and what other tools parse."""
+"""results.json, and writing it with the CSVs drawn from it: what the coordinator reads, and what
+other tools parse."""
 
 from __future__ import annotations
 
-import csv
-import io
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +10,8 @@ import orjson
 
 from adapter.criteria.results import CriterionResult, Evidence, PatientVerdict, Result, Status
 from adapter.errors import OutputError
+from adapter.facts.identity import Identity
+from adapter.report.csvs import candidates_csv, candidates_detail_csv
 from adapter.report.files import write_private
 from adapter.sweep import SweepResult
 
@@ -55,9 +55,24 @@ def criterion_json(result: CriterionResult) -> dict[str, Any]:
     }
 
 
-def verdict_json(verdict: PatientVerdict) -> dict[str, Any]:
+def identity_json(identity: Identity | None) -> dict[str, Any]:
+    """A patient's `identity` in results.json: every key, null where unknown."""
+    who = identity or Identity()
+    return {
+        "name": who.name,
+        "mrn": who.mrn,
+        "birth_date": who.birth_date,
+        "age": who.age,
+        "sex": who.sex,
+    }
+
+
+def verdict_json(verdict: PatientVerdict, identity: Identity | None = None) -> dict[str, Any]:
+    """One patient of results.json; `identity` (beside the reference) when one is given."""
+    who = {} if identity is None else {"identity": identity_json(identity)}
     return {
         "patient": verdict.patient,
+        **who,
         "status": verdict.status.value,
         "criteria": {cid: criterion_json(r) for cid, r in verdict.criteria.items()},
     }
@@ -75,8 +90,16 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
             "site_files": [str(f) for f in sweep.trial.site_files],
         },
         "as_of": sweep.as_of.isoformat(),
+        # The CSVs' criterion columns, in the trial's order, even when no patient is listed.
+        "automated_criteria": [c.id for c in sweep.trial.criteria],
         "counts": counts,
-        "patients": [verdict_json(v) for v in sweep.verdicts],
+        # Every patient's identity (nulls where unknown): results.json is the owner's alone.
+        # `status` keeps the verdict; `people_status` what people set on the sink (issue 12).
+        "patients": [
+            verdict_json(v, sweep.identities.get(v.patient) or Identity())
+            | {"people_status": sweep.people_status.get(v.patient)}
+            for v in sweep.verdicts
+        ],
         "errors": [
             {"patient": e.patient, "reason": e.reason} | ({"detail": e.detail} if e.detail else {})
             for e in sweep.errors
@@ -152,75 +175,19 @@ def sweep_json(
     return doc
 
 
-CSV_COLUMNS = (
-    "patient",
-    "status",
-    "criterion",
-    "result",
-    "value",
-    "unit",
-    "date",
-    "threshold",
-    "reason",
-    "reference",
-)
+#: the files `write_reports` writes into the output folder
+REPORT_FILES = ("results.json", "candidates.csv", "candidates-detail.csv")
 
 
-# OWASP, "CSV Injection": a cell starting with one of these is read by spreadsheets as a formula
-# (`=HYPERLINK(...)`, `@SUM(...)`, `-2+3+cmd|...`); tab and CR are on the list as well.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# A plain number, which a spreadsheet reads as a number and never as a formula: `-1.5`, `-2e-05`.
-_PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-
-
-def csv_cell(text: str, *, number: bool = False) -> str:
-    """`text` made inert for spreadsheets: a leading `'` when it could start a formula (issue 11,
-    item 7: a unit text `=HYPERLINK(...)` reached candidates.csv as a live formula).
-
-    With `number` (the value column only, which holds `f"{value:g}"`), a plain number such as
-    `-1.5` is kept as it is, so that it still sorts and sums as a number; `-inf` or anything else
-    is escaped. Text columns are escaped by the first character alone, as OWASP advises: `-2`
-    as a reason or unit is text there.
+def write_reports(out_dir: Path, doc: Mapping[str, Any]) -> None:
+    """results.json, candidates.csv and candidates-detail.csv (adapter.report.csvs, drawn from
+    `doc`), each replaced atomically and owner-only; OutputError if they cannot be.
     """
-    if not text.startswith(_FORMULA_START):
-        return text
-    if number and _PLAIN_NUMBER.fullmatch(text):
-        return text
-    return "'" + text
-
-
-def candidates_csv(verdicts: list[PatientVerdict]) -> str:
-    """One row per criterion of every candidate and potential candidate (ineligible left out).
-
-    Every cell goes through `csv_cell`: units, reasons, references and ids come from the source
-    and may hold a formula.
-    """
-    buf = io.StringIO()
-    # Every cell quoted, as OWASP advises beside the `'`: with QUOTE_MINIMAL a CR inside a cell
-    # went out bare (only the line terminator's characters force quotes) and split the row.
-    writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(CSV_COLUMNS)
-    order = {Status.CANDIDATE: 0, Status.POTENTIAL_CANDIDATE: 1}
-    flagged = [v for v in verdicts if v.status in order]
-    flagged.sort(key=lambda v: (order[v.status], v.patient))
-    for v in flagged:
-        for cid, r in v.criteria.items():
-            ev = r.evidence[0] if r.evidence else Evidence()
-            value = ev.normalised_value if ev.normalised_value is not None else ev.recorded_value
-            unit = ev.normalised_unit if ev.normalised_value is not None else ev.recorded_unit
-            before = (v.patient, v.status.value, cid, r.result.value)
-            after = (unit or "", ev.date or "", ev.threshold or "", r.reason, ev.reference or "")
-            number = "" if value is None else csv_cell(f"{value:g}", number=True)
-            writer.writerow([*map(csv_cell, before), number, *map(csv_cell, after)])
-    return buf.getvalue()
-
-
-def write_reports(out_dir: Path, doc: dict[str, Any], verdicts: list[PatientVerdict]) -> None:
-    """results.json and candidates.csv, each replaced atomically; OutputError if they cannot be."""
     try:
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
         write_private(out_dir / "results.json", data)
-        write_private(out_dir / "candidates.csv", candidates_csv(verdicts).encode())
+        write_private(out_dir / "candidates.csv", candidates_csv(doc).encode())
+        write_private(out_dir / "candidates-detail.csv", candidates_detail_csv(doc).encode())
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise OutputError(f"{out_dir}: the report could not be written ({why})") from exc

@@ -45,7 +45,7 @@ PATIENT_PARAM = {
 # form. Mandatory elements come back anyway; `meta` carries the versionId the reports cite.
 FACT_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "Patient": (
-        *("meta", "identifier", "gender", "birthDate", "extension"),
+        *("meta", "identifier", "name", "gender", "birthDate", "extension"),
         *("deceased", "deceasedBoolean", "deceasedDateTime"),
     ),
     "Condition": (
