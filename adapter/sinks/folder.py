@@ -1,21 +1,38 @@
-"""The folder sink: the ResearchStudy and ResearchSubjects as NDJSON files, written atomically."""
+"""The folder sink: the ResearchStudy and ResearchSubjects as NDJSON files, written atomically.
+
+A coordinator may edit ResearchSubject.ndjson by hand (a status set to `withdrawn`, issue 12), so
+the file is read before it is replaced; a line that cannot be read is skipped, never fatal.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from pathlib import Path
 
 # The files hold patient references: only the owner may read them.
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierSubjects:
+    """What ResearchSubject.ndjson holds before a run replaces it.
+
+    `subjects`: each line that is a JSON object with an id, in file order; `unreadable`: the
+    numbers (from 1) of the other non-blank lines.
+    """
+
+    subjects: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[int] = field(default_factory=list)
 
 
 class FolderSink:
@@ -24,22 +41,55 @@ class FolderSink:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def read_subjects(self) -> EarlierSubjects:
+        """The subjects file as it is now; empty when there is none. Other OSErrors raise."""
+        try:
+            lines = (self.path / "ResearchSubject.ndjson").read_bytes().splitlines()
+        except FileNotFoundError:
+            return EarlierSubjects()
+        subjects: list[dict[str, Any]] = []
+        unreadable: list[int] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                subject = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                subject = None
+            resource_id = subject.get("id") if isinstance(subject, dict) else None
+            if isinstance(resource_id, str) and resource_id:
+                subjects.append(subject)
+            else:
+                unreadable.append(number)
+        return EarlierSubjects(subjects, unreadable)
+
     def write(
         self,
         study: dict[str, Any],
         subjects: Iterable[dict[str, Any]],
         *,
         keep: frozenset[str] = frozenset(),
+        keep_ids: frozenset[str] = frozenset(),
+        earlier: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         """Replace both files; a reader sees the old file or the new one, never half of one.
 
-        The subjects file is this run's snapshot, except that the earlier lines of the patients
-        in `keep` (references: those this run could not evaluate) stay as they were: nothing is
-        written for them, and dropping their line would be a write too.
+        The subjects file is this run's snapshot, except that earlier lines stay as they were:
+        those of the patients in `keep` (references: those this run could not evaluate), for
+        nothing is written for them and dropping their line would be a write too, and those whose
+        id is in `keep_ids` (subjects whose status people set). `earlier` is
+        `read_subjects().subjects` when the caller has read the file already, so what it judged
+        is what is kept; by default the file is read here.
         """
         fresh = list(subjects)
         ids = {str(subject["id"]) for subject in fresh}
-        kept = [s for s in self._earlier(keep) if str(s.get("id")) not in ids]
+        if earlier is None:
+            earlier = self.read_subjects().subjects if keep or keep_ids else []
+        kept = [
+            s
+            for s in earlier
+            if (str(s["id"]) in keep_ids or _of_patient(s, keep)) and str(s["id"]) not in ids
+        ]
         ordered = sorted([*fresh, *kept], key=lambda subject: str(subject["id"]))
         # Serialise everything first, so a bad resource leaves both old files in place.
         files = {
@@ -51,26 +101,6 @@ class FolderSink:
         for name, data in files.items():
             self._replace(name, data)
         _fsync_folder(self.path)
-
-    def _earlier(self, keep: frozenset[str]) -> list[dict[str, Any]]:
-        """The subjects of the current file whose individual is in `keep`."""
-        if not keep:
-            return []
-        try:
-            lines = (self.path / "ResearchSubject.ndjson").read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            try:
-                subject = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            individual = subject.get("individual") if isinstance(subject, dict) else None
-            ref = individual.get("reference") if isinstance(individual, dict) else None
-            if ref in keep and "id" in subject:
-                found.append(subject)
-        return found
 
     def _replace(self, name: str, data: bytes) -> None:
         # mkstemp creates the file 0o600, in the same folder so os.replace is a rename.
@@ -86,6 +116,13 @@ class FolderSink:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+
+
+def _of_patient(subject: dict[str, Any], keep: frozenset[str]) -> bool:
+    """Whether the subject's individual is a reference in `keep`."""
+    individual = subject.get("individual")
+    ref = individual.get("reference") if isinstance(individual, dict) else None
+    return isinstance(ref, str) and ref in keep
 
 
 def _ndjson(resources: list[dict[str, Any]]) -> bytes:

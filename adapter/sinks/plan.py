@@ -2,8 +2,9 @@
 
 The rules (trial-spec, 'What gets written'): a missing ResearchSubject is created; the same status
 again changes nothing; a status people set (anything but candidate / potential-candidate) is never
-touched; potential-candidate -> candidate is the one update; a candidate that falls back, or a
-subject who is now ineligible, is left as it is and reported as no longer qualifying. (v2) The
+touched, and is reported as kept, for an ineligible patient too (issue 12); potential-candidate
+-> candidate is the one update; a candidate that falls back, or a subject who is now ineligible,
+is left as it is and reported as no longer qualifying. (v2) The
 stored subject version the adapter wrote, or finds unchanged, must have its Provenance: a missing
 one is written again (`repairs_provenance`).
 """
@@ -90,12 +91,17 @@ def decide(existing: str | None, wanted: Status) -> Decision:
 
 
 def ineligible_outcome(existing: str | None) -> WriteOutcome | None:
-    """What to report for a patient now ineligible: no_longer_qualifies over an adapter status.
+    """What to report for a patient now ineligible: no_longer_qualifies over an adapter status,
+    kept_human_status over one people set (issue 12: an ineligible patient put on-study is
+    handled too).
 
-    Nothing is written either way; None when there is nothing to report (no subject, or one whose
-    status people set).
+    Nothing is written either way; None when there is no subject.
     """
-    return WriteOutcome.NO_LONGER_QUALIFIES if existing in ADAPTER_STATUSES else None
+    if existing is None:
+        return None
+    if existing in ADAPTER_STATUSES:
+        return WriteOutcome.NO_LONGER_QUALIFIES
+    return WriteOutcome.KEPT_HUMAN_STATUS
 
 
 @dataclass(frozen=True, slots=True)

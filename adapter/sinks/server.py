@@ -15,7 +15,8 @@ hashes the subject's identifier and version, or created as trial-spec v2 says wh
 refuses that PUT), and every run writes the one an unchanged subject's version lacks (a run killed
 or cut off after the subject write). Problems of one patient raise `PatientError` (message
 without patient ids or server text); a dry run sends only reads and lists what it would write in
-`planned`. `summary()` says what was done, in one line.
+`planned`. `summary()` says what was done, in one line. A status people set that a read meets
+is noted in `people_status` (issue 12, adapter.sinks.people).
 
 Known limits: on the search path a resource people deleted cannot be told from one never written
 (deleted resources leave searches), so it is written again; on the id path its 410 Gone keeps it
@@ -41,12 +42,11 @@ from adapter.errors import (
 )
 from adapter.fhir.capability import WritePath
 from adapter.sinks import plan, resources
+from adapter.sinks.lost_answers import created_by_us, put_new_subject
+from adapter.sinks.people import people_status
 from adapter.sinks.plan import Action, PlannedWrite, ProvenanceCount, SubjectInput, WriteOutcome
 from adapter.sinks.provenance import ProvenanceStore
-from adapter.sinks.responses import (
-    returned_resource,
-    written,
-)
+from adapter.sinks.responses import written
 from adapter.sinks.stored import Stored, read_stored, search_stored, status_of
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["PlannedWrite", "ServerSink", "SubjectInput", "WriteOutcome"]
 
 _CREATED = 201
-_NOT_FOUND = 404
 _GONE = 410  # deleted: by people, since the adapter never deletes
 _PRECONDITION_FAILED = 412
 
@@ -105,6 +104,8 @@ class ServerSink:
         #: every write decided, in order: sent, unless `dry_run`
         self.planned: list[PlannedWrite] = []
         self.tally = plan.Tally()
+        #: Patient reference -> the status people set, as the subject reads found it (issue 12)
+        self.people_status: dict[str, str] = {}
         self._study_id: str | None = None
         self._device_ref: str | None = None
         self._provenance = ProvenanceStore(
@@ -112,6 +113,17 @@ class ServerSink:
             WritePath.FIXED_ID if capabilities is None else capabilities.write_path("Provenance"),
         )
         self._counted = False  # whether anything was counted for the patient being written
+
+    @property
+    def study_id(self) -> str:
+        """The ResearchStudy's id on the server (a stand-in in a dry run that would create it)."""
+        if self._study_id is None:
+            raise RuntimeError("ServerSink.prepare() must run first")
+        return self._study_id
+
+    def left_as_people_set(self) -> WriteOutcome:
+        """Count a patient whose status people set, known without a read (nothing is written)."""
+        return self._count(WriteOutcome.KEPT_HUMAN_STATUS)
 
     def summary(self) -> str:
         """One line: what was done to subjects, Provenance written and repaired, failures."""
@@ -249,18 +261,26 @@ class ServerSink:
         return written(response, kind)[0]
 
     async def _find_subject(self, patient: str, patient_id: str) -> Stored | None:
-        """The patient's ResearchSubject; None when there is none. 410 Gone raises."""
+        """The patient's ResearchSubject; None when there is none. 410 Gone raises.
+
+        A status people set on it goes to `people_status`.
+        """
         system, value = resources.subject_identifier(self._study.trial_id, patient_id)
         if not self.by_identifier("ResearchSubject"):
-            return await self._read("ResearchSubject", resources.deterministic_id(system, value))
-        found, count = await self._search("ResearchSubject", system, value)
-        if count > 1:
-            raise PatientError(
-                patient,
-                f"{count} ResearchSubjects carry its identifier on the server; "
-                "left for people to resolve",
-            )
-        return found[0] if found else None
+            stored = await self._read("ResearchSubject", resources.deterministic_id(system, value))
+        else:
+            found, count = await self._search("ResearchSubject", system, value)
+            if count > 1:
+                raise PatientError(
+                    patient,
+                    f"{count} ResearchSubjects carry its identifier on the server; "
+                    "left for people to resolve",
+                )
+            stored = found[0] if found else None
+        status = None if stored is None else people_status(stored.body)
+        if status is not None:
+            self.people_status[patient] = status
+        return stored
 
     async def _create_subject(
         self, subject: SubjectInput, study_id: str, as_of: date
@@ -279,7 +299,7 @@ class ServerSink:
             self._plan("PUT", "ResearchSubject", reason, subject, resource_id=body["id"])
             if self.dry_run:
                 return None
-            return await self._put_new_subject(body)
+            return await put_new_subject(self._client, body)
         condition = resources.identifier_condition(
             *resources.subject_identifier(self._study.trial_id, subject.patient_id)
         )
@@ -297,7 +317,8 @@ class ServerSink:
                 "several ResearchSubjects match its identifier (HTTP 412 on the conditional "
                 "create); left for people to resolve",
             ) from exc
-        if response.status_code != _CREATED and not await self._created_by_us(response, body):
+        ours = response.status_code == _CREATED or await created_by_us(self._client, response, body)
+        if not ours:
             # 200: the condition matched, so someone else created it after the search.
             raise PatientError(
                 subject.patient,
@@ -305,46 +326,6 @@ class ServerSink:
                 "left for the next run",
             )
         return written(response, "ResearchSubject")
-
-    async def _put_new_subject(self, body: JsonDict) -> tuple[str, str | None]:
-        """PUT a new subject at its fixed id, never retried blindly.
-
-        A PUT whose answer was lost may have been applied: a blind retry would store a second,
-        identical version, and the first, the adapter's own creation, would have no Provenance
-        (issue 10). Before such a retry the id is read: our subject there is the write done.
-        """
-        kind, resource_id = "ResearchSubject", str(body["id"])
-
-        async def applied() -> httpx.Response | None:
-            try:
-                response = await self._client.request("GET", f"{kind}/{resource_id}")
-            except HttpStatusError as exc:
-                if exc.status in (_NOT_FOUND, _GONE):
-                    return None
-                raise
-            found = returned_resource(response, kind)
-            ours = found is not None and resources.is_same_subject(
-                found, resources.without_id(body)
-            )
-            return response if ours else None
-
-        response = await self._client.request(
-            "PUT", f"{kind}/{resource_id}", json=body, applied=applied
-        )
-        return written(response, kind)
-
-    async def _created_by_us(self, response: httpx.Response, sent: JsonDict) -> bool:
-        """Whether the subject a conditional create answered 200 with is the one we sent.
-
-        FhirClient retries a conditional create whose answer was lost; the retry finds what
-        the first attempt created and answers 200. That subject is ours and needs its
-        Provenance (issue 10: 10 of 26 subjects were left without one).
-        """
-        found = returned_resource(response, "ResearchSubject")
-        if found is None:  # Prefer: return=minimal: read what the Location names
-            stored = await self._read("ResearchSubject", written(response, "ResearchSubject")[0])
-            found = None if stored is None else stored.body
-        return found is not None and resources.is_same_subject(found, resources.without_id(sent))
 
     async def _update_subject(
         self, subject: SubjectInput, stored: Stored

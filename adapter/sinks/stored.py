@@ -1,4 +1,5 @@
-"""What a FHIR server holds: one resource read by id, or the resources an identifier search finds.
+"""What a FHIR server holds: one resource read by id, the resources an identifier search finds,
+or every ResearchSubject of a study.
 
 The server sink reads before it writes; these are its reads, each resource kept with its id,
 body and version (meta.versionId, else the ETag).
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapter.errors import HttpStatusError, InvalidResponseError
+from adapter.fhir.paging import iter_pages
 from adapter.sinks import resources
+from adapter.sinks.people import study_of
 from adapter.sinks.responses import (
     json_object,
     meta_version,
@@ -73,6 +76,29 @@ async def search_stored(
         found.append(Stored(resource_id, resource, meta_version(resource)))
     total = bundle.get("total")
     return found, max(len(found), total if isinstance(total, int) else 0)
+
+
+async def search_study_subjects(
+    client: FhirClient, study_reference: str, *, page_size: int
+) -> list[JsonDict]:
+    """Every ResearchSubject of `study_reference` (`ResearchStudy/<id>`): one search, paged.
+
+    Sent strict, like the identifier search: a server that ignored `study` would answer with
+    every trial's subjects, so one naming another study is an invalid answer, never taken.
+    """
+    params = [("study", study_reference), ("_count", str(page_size))]
+    url = client.url("ResearchSubject", params)
+    first = json_object(await client.request("GET", url, headers=STRICT), url)
+    found: list[JsonDict] = []
+    async for resource in iter_pages(client, first, url):
+        if resource.get("resourceType") != "ResearchSubject":
+            continue  # an OperationOutcome of warnings
+        if study_of(resource) != study_reference:
+            raise InvalidResponseError(
+                "the ResearchSubject search by study matched subjects of another study", url=url
+            )
+        found.append(resource)
+    return found
 
 
 def status_of(stored: Stored) -> str:

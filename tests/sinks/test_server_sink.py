@@ -811,12 +811,14 @@ def test_the_decision_table(
     [
         ("candidate", WriteOutcome.NO_LONGER_QUALIFIES),
         ("potential-candidate", WriteOutcome.NO_LONGER_QUALIFIES),
-        ("on-study", None),
+        ("on-study", WriteOutcome.KEPT_HUMAN_STATUS),
+        ("withdrawn", WriteOutcome.KEPT_HUMAN_STATUS),
         (None, None),
     ],
 )
-def test_an_ineligible_patient_is_reported_only_over_an_adapter_status(
+def test_an_ineligible_patient_is_reported_over_any_subject_it_has(
     existing: str | None, result: WriteOutcome | None
 ) -> None:
-    """Now ineligible: no_longer_qualifies over candidate / potential-candidate, else nothing."""
+    """Now ineligible: no_longer_qualifies over candidate / potential-candidate, kept over a
+    status people set (issue 12), nothing without a subject."""
     assert plan.ineligible_outcome(existing) is result
