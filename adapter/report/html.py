@@ -1,0 +1,439 @@
+"""report.html: the research coordinator's page, rendered from results.json (issue 12).
+
+One self-contained file (hospital PCs are often offline): no scripts, fonts or styles from the
+network, and a Content-Security-Policy that forbids loading any. Jinja2 autoescapes everything:
+units, reasons and notes come from the source and may hold markup. The attrition chart is an
+inline SVG whose geometry is computed here, so that it is tested without a browser.
+
+The page reads the results.json document and tolerates the keys that an older run lacks
+(`identity`, `people_status`, `new`, `source`, `started`, `finished`, `no_longer_qualifies`...):
+a missing value shows as "—", a missing list as no section. Nothing here logs: the page names
+patients, and a log must not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from adapter.errors import OutputError
+from adapter.report import values
+from adapter.report.files import write_private
+
+if TYPE_CHECKING:
+    from adapter.criteria.kinds import Criterion
+    from adapter.trials import Trial
+
+#: the statuses listed as (potential) candidates, in the order the table lists them
+FLAGGED = ("candidate", "potential-candidate")
+#: trial-spec, "Analytes and codes": the protocol's lab window at the enrolment visit. A lab
+#: dated more than this many days before as-of is redrawn at screening (exactly 7 is not older).
+REDRAW_AFTER_DAYS = 7
+#: criterion kinds whose Observations are blood draws (vital signs, ECOG, NYHA and imaging are
+#: not: they are taken again at the visit anyway, and "redraw" would be wrong for them)
+LAB_KINDS = frozenset(
+    {
+        "lab_threshold",
+        "lab_range",
+        "lab_threshold_derived",
+        "uln_multiple",
+        "pt_prolongation",
+        "conditional_lab",
+        "not_pregnant",
+        "child_pugh",
+    }
+)
+DASH = "—"
+
+_ENV = Environment(
+    loader=PackageLoader("adapter.report", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,  # a typo in the template fails the tests, not the coordinator
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+# Criterion ids wrap at their underscores in narrow printed columns: `<wbr>` marks where, and
+# Markup.join escapes each part.
+_ENV.filters["breakable"] = lambda text: Markup("_<wbr>").join(str(text).split("_"))
+
+
+# --- the attrition chart --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One step of the attrition: the cohort, or the patients left after one criterion."""
+
+    label: str
+    #: patients none of whose criteria so far is not_met (the cohort bar: every patient)
+    remaining: int
+    #: patients of the whole cohort for whom this criterion is unknown (None on the cohort bar)
+    unknown: int | None = None
+
+
+def attrition(doc: Mapping[str, Any], automated: Sequence[str]) -> list[Bar]:
+    """The cohort, then, in the trial's order, how many remain after each criterion.
+
+    As ATLAS draws inclusion rules: a patient remains while no criterion so far is not_met, so
+    an unknown keeps the patient in. The unknowns are counted over the whole cohort, whatever
+    came before, since they show which data is missing most.
+    """
+    patients = list(doc.get("patients") or [])
+    bars = [Bar("cohort", len(patients))]
+    out: set[int] = set()
+    for cid in automated:
+        unknown = 0
+        for i, p in enumerate(patients):
+            result = (p.get("criteria") or {}).get(cid, {}).get("result")
+            if result == "not_met":
+                out.add(i)
+            elif result == "unknown":
+                unknown += 1
+        bars.append(Bar(cid, len(patients) - len(out), unknown))
+    return bars
+
+
+@dataclass(frozen=True, slots=True)
+class ChartRow:
+    bar: Bar
+    y: float
+    width: float
+    unknown_width: float
+    #: of the cohort, as the count's label shows it ("96%")
+    percent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    rows: tuple[ChartRow, ...]
+    height: float
+    #: where the bars start (the labels end a little before)
+    x0: float = 220
+    #: the width of the cohort bar
+    span: float = 440
+    width: float = 760
+    row_height: float = 30
+    top: float = 34
+
+
+def chart(bars: Sequence[Bar]) -> Chart:
+    """Horizontal bars, one row per step, scaled to the cohort (the first bar)."""
+    base = Chart((), 0)
+    cohort = bars[0].remaining if bars else 0
+    scale = base.span / cohort if cohort else 0.0
+    rows = tuple(
+        ChartRow(
+            b,
+            base.top + i * base.row_height,
+            b.remaining * scale,
+            (b.unknown or 0) * scale,
+            f"{100 * b.remaining / cohort:.0f}%" if cohort else "",
+        )
+        for i, b in enumerate(bars)
+    )
+    return Chart(rows, base.top + len(rows) * base.row_height + 8)
+
+
+# --- which labs are to be redrawn -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaleLab:
+    criterion: str
+    date: str
+    days: int
+
+
+def _earliest_day(text: str | None) -> date | None:
+    """The first calendar day a FHIR date or dateTime can mean, in the timestamp's own offset
+    (trial-spec, "Fine print": windows count calendar dates so); None if it is not a date."""
+    if not text:
+        return None
+    match = re.match(r"(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?", text)
+    if not match:
+        return None
+    year, month, day = match.groups()
+    try:
+        return date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        return None
+
+
+def stale_labs(patient: Mapping[str, Any], as_of: date, labs: Collection[str]) -> list[StaleLab]:
+    """Lab evidence dated more than REDRAW_AFTER_DAYS before as-of: "redraw at screening".
+
+    A partial date counts by its first day: a lab that may be older is redrawn too. Evidence of
+    a lab criterion that is no Observation (the Condition of `conditional_lab`, the summary of a
+    Child-Pugh score) is not a lab, and neither is evidence without a date.
+    """
+    out: list[StaleLab] = []
+    for cid, criterion in (patient.get("criteria") or {}).items():
+        if cid not in labs:
+            continue
+        days = [d for ev in criterion.get("evidence") or [] if (d := _lab_day(ev))]
+        if days and min(days) < _redraw_before(as_of):
+            out.append(StaleLab(cid, min(days).isoformat(), (as_of - min(days)).days))
+    return out
+
+
+def _redraw_before(as_of: date) -> date:
+    return as_of - timedelta(days=REDRAW_AFTER_DAYS)
+
+
+def _lab_day(ev: Mapping[str, Any]) -> date | None:
+    """The day of a lab value: an Observation's, or a derived value's (ANC from WBC and %, which
+    names no single Observation); None for anything else."""
+    reference = ev.get("reference")
+    derived = reference is None and (ev.get("normalised") or {}).get("value") is not None
+    if derived or (reference or "").startswith("Observation/"):
+        return _earliest_day(ev.get("date"))
+    return None
+
+
+class ReportLayout(TypedDict):
+    """What render_report needs of the trial besides results.json: `render_report(doc,
+    **layout_of(trial))`."""
+
+    manual: tuple[tuple[str, str], ...]
+    automated: tuple[str, ...]
+    labs: frozenset[str]
+
+
+def _is_lab(criterion: Criterion) -> bool:
+    parts: Iterable[Criterion] = getattr(criterion, "of", ())  # any_of, all_of
+    return criterion.kind in LAB_KINDS or any(_is_lab(p) for p in parts)
+
+
+def layout_of(trial: Trial) -> ReportLayout:
+    """The trial's manual criteria (id, description), automated ids in order, and lab ids."""
+    return {
+        "manual": tuple((m.id, m.description) for m in trial.manual),
+        "automated": tuple(c.id for c in trial.criteria),
+        "labs": frozenset(c.id for c in trial.criteria if _is_lab(c)),
+    }
+
+
+# --- values ---------------------------------------------------------------------------------
+# adapter/report/values.py formats the numbers, as the CSVs and `explain` show them; these add
+# what a page cell needs: value and unit together, a coded value by its code, and "—".
+
+
+def _cell(shown: tuple[str, str]) -> str:
+    value, unit = shown
+    return f"{value} {unit}".strip() if value else DASH
+
+
+def recorded_text(ev: Mapping[str, Any]) -> str:
+    """The value as recorded, comparator kept ("<2 IU/L"); a coded one by its code ("C22.0")."""
+    rec = ev.get("recorded") or {}
+    if rec.get("value") is None:
+        return str(rec["code"]).rsplit("|", 1)[-1] if rec.get("code") else DASH
+    return _cell(values.recorded_text(rec))
+
+
+def normalised_text(ev: Mapping[str, Any]) -> str:
+    """The normalised value rounded to the recorded precision (122 mg/dL -> 6.77 mmol/L)."""
+    return _cell(values.normalised_text(ev.get("recorded"), ev.get("normalised")))
+
+
+def _when(text: Any) -> str:
+    """A dateTime shortened for the page: "2026-06-10 08:30" (the full text is in a tooltip)."""
+    if not isinstance(text, str) or not text:
+        return DASH
+    return f"{text[:10]} {text[11:16]}" if len(text) > 10 and text[10] == "T" else text
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return DASH if value is None or value == "" else str(value)
+
+
+def _duration(started: Any, finished: Any) -> str:
+    try:
+        seconds = (
+            datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+        ).total_seconds()
+    except (TypeError, ValueError):
+        return DASH
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _evidence_rows(
+    criterion: Mapping[str, Any], redraw_before: date | None
+) -> list[dict[str, Any]]:
+    """One row per evidence; `redraw_before`: a lab criterion's limit (else None)."""
+    rows = []
+    reason = criterion.get("reason")
+    for ev in criterion.get("evidence") or [{}]:
+        day = _lab_day(ev) if redraw_before else None
+        rows.append(
+            {
+                "stale": bool(day and redraw_before and day < redraw_before),
+                "recorded": recorded_text(ev),
+                "normalised": normalised_text(ev),
+                "date": _when(ev.get("date")),
+                "date_full": _text(ev.get("date")),
+                "threshold": _text(ev.get("threshold")),
+                "lines": [
+                    line
+                    for line in (
+                        ev.get("reference"),
+                        ev.get("note") if ev.get("note") != reason else None,
+                        ev.get("uln_source") and f"ULN: {ev['uln_source']}",
+                    )
+                    if line
+                ],
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    manual: tuple[tuple[str, str], ...]
+    automated: tuple[str, ...]
+    labs: Collection[str]
+    as_of: date | None
+
+
+def _patient_view(p: Mapping[str, Any], anchor: str, layout: _Layout) -> dict[str, Any]:
+    identity = p.get("identity") or {}
+    criteria: Mapping[str, Any] = p.get("criteria") or {}
+    manual_ids = {m for m, _ in layout.manual}
+    manual_ids |= {c for c, r in criteria.items() if r.get("result") == "manual"}
+    order = [c for c in layout.automated if c in criteria]
+    order += [c for c in criteria if c not in order and c not in manual_ids]
+    as_of = layout.as_of
+    stale = stale_labs(p, as_of, layout.labs) if as_of else []
+    stale_ids = {s.criterion for s in stale}
+
+    def redraw_before(cid: str) -> date | None:
+        return _redraw_before(as_of) if as_of and cid in layout.labs else None
+
+    return {
+        "ref": _text(p.get("patient")),
+        "anchor": anchor,
+        "name": _text(identity.get("name")),
+        "mrn": _text(identity.get("mrn")),
+        "age": _text(identity.get("age")),
+        "sex": _text(identity.get("sex")),
+        "birth_date": _text(identity.get("birth_date")),
+        "status": _text(p.get("status")),
+        "new": p.get("new"),
+        "people_status": p.get("people_status"),
+        "unknown": [c for c in order if criteria[c].get("result") == "unknown"],
+        "stale": stale,
+        "criteria": [
+            {
+                "id": c,
+                "result": _text(criteria[c].get("result")),
+                "reason": _text(criteria[c].get("reason")),
+                "stale": c in stale_ids,
+                "evidence": _evidence_rows(criteria[c], redraw_before(c)),
+            }
+            for c in order
+        ],
+        "checklist": list(layout.manual) or [(c, c) for c in criteria if c in manual_ids],
+    }
+
+
+def _table_order(view: Mapping[str, Any]) -> tuple[int, int, str, str]:
+    """Candidates before potential candidates, the new ones first, then by name."""
+    status = FLAGGED.index(view["status"]) if view["status"] in FLAGGED else len(FLAGGED)
+    return (status, 0 if view["new"] else 1, view["name"], view["ref"])
+
+
+def _gone_view(entry: Mapping[str, Any], views: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """A patient who no longer qualifies, with the changed criteria as this run found them."""
+    now = views.get(entry.get("patient") or "")
+    criteria = {c["id"]: c for c in now["criteria"]} if now else {}
+    identity = entry.get("identity") or {}
+    return {
+        "ref": _text(entry.get("patient")),
+        "name": _text(identity.get("name") or (now and now["name"])),
+        "mrn": _text(identity.get("mrn") or (now and now["mrn"])),
+        "previous": _text(entry.get("previous_status")),
+        "status": now["status"] if now else "not in this run",
+        "changed": [
+            {"id": cid, **{k: criteria.get(cid, {}).get(k, DASH) for k in ("result", "reason")}}
+            for cid in entry.get("changed") or []
+        ],
+    }
+
+
+def _default_automated(doc: Mapping[str, Any], manual_ids: Collection[str]) -> tuple[str, ...]:
+    patients = doc.get("patients") or []
+    first: Mapping[str, Any] = (patients[0].get("criteria") or {}) if patients else {}
+    return tuple(c for c, r in first.items() if c not in manual_ids and r.get("result") != "manual")
+
+
+def render_report(
+    doc: dict[str, Any],
+    *,
+    manual: Sequence[tuple[str, str]] = (),
+    automated: Sequence[str] | None = None,
+    labs: Collection[str] = (),
+) -> str:
+    """report.html of a results.json document.
+
+    `manual`: the trial's manual criteria (id, description), a checklist on every listed
+    patient. `automated`: criterion ids in the trial's order (default: the first patient's,
+    manual ones left out). `labs`: criterion ids whose Observations are blood draws, marked
+    "redraw at screening" when older than the protocol's window (`layout_of(trial)` gives all
+    three).
+    """
+    manual = tuple(manual)
+    if automated is None:
+        automated = _default_automated(doc, {m for m, _ in manual})
+    as_of = _earliest_day(doc.get("as_of")) if isinstance(doc.get("as_of"), str) else None
+    layout = _Layout(manual, tuple(automated), frozenset(labs), as_of)
+    patients: list[dict[str, Any]] = list(doc.get("patients") or [])
+    views = [_patient_view(p, f"p{i + 1}", layout) for i, p in enumerate(patients)]
+    by_ref = {v["ref"]: v for v in views}
+    listed = sorted(
+        (v for v in views if v["status"] in FLAGGED and not v["people_status"]), key=_table_order
+    )
+    handled = sorted((v for v in views if v["people_status"]), key=lambda v: (v["name"], v["ref"]))
+
+    gone = [_gone_view(e, by_ref) for e in doc.get("no_longer_qualifies") or []]
+    bars = attrition(doc, automated)
+    stats = doc.get("stats") or {}
+    return _ENV.get_template("report.html.j2").render(
+        trial=_text(doc.get("trial")),
+        as_of=_text(doc.get("as_of")),
+        source=_text(doc.get("source")),
+        started=_text(doc.get("started")),
+        finished=_text(doc.get("finished")),
+        duration=_duration(doc.get("started"), doc.get("finished")),
+        run_id=_text(doc.get("run_id")),
+        adapter_version=_text(doc.get("adapter_version")),
+        counts=dict(doc.get("counts") or {}),
+        cohort=len(patients),
+        errors=list(doc.get("errors") or []),
+        read=dict(stats.get("read") or {}),
+        unusable=dict(stats.get("unusable_observations") or {}),
+        chart=chart(bars),
+        listed=listed,
+        handled=handled,
+        gone=gone,
+        redraw_days=REDRAW_AFTER_DAYS,
+        dash=DASH,
+    )
+
+
+def write_report_html(out_dir: Path, html: str) -> None:
+    """`out_dir/report.html`, owner-only and replaced atomically; OutputError if it cannot be."""
+    try:
+        write_private(out_dir / "report.html", html.encode())
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise OutputError(f"{out_dir}: report.html could not be written ({why})") from exc
