@@ -1,12 +1,16 @@
-"""Typed site configuration: how to reach the source and sink FHIR servers.
+"""Typed site configuration: one file for everything a nightly run needs.
 
-A site file (YAML, `--config` or `TRIAL_ADAPTER_CONFIG`) holds no secret itself: `auth` names the
-environment variables or files the secrets come from (see adapter.fhir.auth). Relative file paths
-are read from the config file's folder. Proxies and CA certificates come from here too, never
-from the environment (`HTTPS_PROXY`, `SSL_CERT_FILE`: adapter.fhir.transport). Example:
+A site file (YAML, `--config` or `TRIAL_ADAPTER_CONFIG`) names the source and sink servers, how to
+sign in to them, the trials, the report and state folders and who is told when a sweep ends. It
+holds no secret itself: `auth` and `notify` name the environment variables or files the secrets
+come from (adapter.fhir.auth, adapter.notify). Relative file paths are read from the config
+file's folder, so a site folder can be moved whole. Proxies and CA certificates come from here
+too, never from the environment (`HTTPS_PROXY`, `SSL_CERT_FILE`: adapter.fhir.transport).
+Command-line options override the file. Example:
 
 ```yaml
 source:
+  url: https://fhir.hospital.example/r4
   auth: {type: smart-backend, client_id: trial-adapter, private_key_file: key.pem,
          algorithm: ES384, kid: key-1}
   max_concurrent: 2
@@ -14,7 +18,14 @@ source:
   proxy: http://proxy.hospital.example:3128
   ca_bundle: hospital-ca.pem
 sink:
+  url: https://fhir.hospital.example/r4
   auth: {type: bearer, token_env: SINK_TOKEN}
+trials: [hcc-ablation-lenvatinib-pd1, trials/local-study.yaml]
+out_dir: /srv/trial-adapter/reports
+state_dir: /var/lib/trial-adapter
+notify:
+  smtp: {host: mail.hospital.example, from: trial-adapter@hospital.example,
+         to: [research-office@hospital.example]}
 ```
 """
 
@@ -31,6 +42,11 @@ from adapter.errors import ConfigError, MappingError
 from adapter.fhir.auth import AuthConfig, NoAuthConfig, parse_auth_config
 from adapter.fhir.bodies import MIB
 from adapter.fhir.limits import Limits, RetryPolicy, SearchLimits
+from adapter.notify import NotifyConfig
+
+#: trial names in `trials:` that are files (resolved against the config file's folder); any
+#: other name is a trial id, looked up in the mappings
+TRIAL_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class ServerConfig(BaseModel):
@@ -41,6 +57,8 @@ class ServerConfig(BaseModel):
         extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
     )
 
+    #: the server's FHIR base URL (`--source` / `--sink` override it); http(s), no query
+    url: str | None = None
     auth: AuthConfig = NoAuthConfig(type="none")
     #: other origins (scheme://host:port) trusted with the credentials, e.g. a Bulk file server
     trusted_origins: tuple[str, ...] = ()
@@ -79,6 +97,30 @@ class ServerConfig(BaseModel):
     @classmethod
     def _auth(cls, value: Any) -> AuthConfig:
         return parse_auth_config(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url: httpx.URL | None = httpx.URL(value)
+        except httpx.InvalidURL:
+            url = None
+        if (
+            url is None
+            or url.scheme not in ("http", "https")
+            or not url.host
+            or url.userinfo
+            or url.query
+            or url.fragment
+        ):
+            # A query would be sent with every request; a password in the URL is a secret.
+            raise ValueError(
+                "a FHIR base URL must be http(s)://host[:port]/path, without credentials, "
+                "query or fragment"
+            )
+        return value
 
     @field_validator("proxy")
     @classmethod
@@ -138,9 +180,17 @@ class SiteConfig(BaseModel):
     #: the site mappings folder merged over the bundled one (adapter.site_mappings);
     #: `--site-mappings` overrides it
     site_mappings: Path | None = None
+    #: the trials a run sweeps: ids from the mappings, or trial files (`--trial` overrides them)
+    trials: tuple[str, ...] = ()
+    #: the folder the reports go under: each run's in `<trial>/<run id>/`, the newest one
+    #: also as `<trial>/latest` (adapter.report.outdirs); `--out` (one run's folder) overrides it
+    out_dir: Path | None = None
+    #: who is told when a sweep ends, and how (adapter.notify); None: nobody
+    notify: NotifyConfig | None = None
 
 
 _FILE_KEYS = ("token_file", "password_file", "private_key_file")
+_FOLDER_KEYS = ("state_dir", "site_mappings", "out_dir")
 
 
 def load_site_config(path: Path | None) -> SiteConfig:
@@ -153,22 +203,48 @@ def load_site_config(path: Path | None) -> SiteConfig:
     if data is None:
         data = {}
     if isinstance(data, dict):
-        for side in ("source", "sink", "terminology"):
-            server = data.get(side)
-            auth = server.get("auth") if isinstance(server, dict) else None
-            if isinstance(auth, dict):
-                for key in _FILE_KEYS:
-                    if isinstance(auth.get(key), str):
-                        auth[key] = str((path.parent / auth[key]).expanduser())
-            if isinstance(server, dict) and isinstance(server.get("ca_bundle"), str):
-                server["ca_bundle"] = str(path.parent / Path(server["ca_bundle"]).expanduser())
-        if isinstance(data.get("state_dir"), str):
-            data["state_dir"] = str(path.parent / Path(data["state_dir"]).expanduser())
-        if isinstance(data.get("site_mappings"), str):
-            data["site_mappings"] = str(path.parent / Path(data["site_mappings"]).expanduser())
+        _resolve_paths(data, path.parent)
     try:
         return mapfiles.validate(SiteConfig, data, path, lines)
     except MappingError:
         raise
     except ValueError as exc:  # pragma: no cover - pydantic wraps validator errors above
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Every relative file or folder of the site file made relative to `folder`, in place.
+
+    Only strings are touched: anything else is left for validation to refuse with its line.
+    """
+
+    def at(text: str) -> str:
+        return str(folder / Path(text).expanduser())
+
+    def keys(mapping: object, names: tuple[str, ...]) -> None:
+        if isinstance(mapping, dict):
+            for name in names:
+                if isinstance(mapping.get(name), str):
+                    mapping[name] = at(mapping[name])
+
+    for side in ("source", "sink", "terminology"):
+        server = data.get(side)
+        if isinstance(server, dict):
+            keys(server.get("auth"), _FILE_KEYS)
+            keys(server, ("ca_bundle",))
+    keys(data, _FOLDER_KEYS)
+    trials = data.get("trials")
+    if isinstance(trials, list):
+        # An id (`hcc-ablation-lenvatinib-pd1`) is not a path: only file names are resolved.
+        data["trials"] = [
+            at(t) if isinstance(t, str) and t.endswith(TRIAL_FILE_SUFFIXES) else t for t in trials
+        ]
+    notify = data.get("notify")
+    if isinstance(notify, dict):
+        keys(notify.get("smtp"), ("password_file", "ca_bundle"))
+        webhook = notify.get("webhook")
+        keys(webhook, ("url_file", "token_file", "ca_bundle"))
+        headers = webhook.get("headers") if isinstance(webhook, dict) else None
+        if isinstance(headers, dict):
+            for value in headers.values():
+                keys(value, ("file",))

@@ -202,3 +202,105 @@ def test_a_proxy_must_be_an_http_url_without_credentials(tmp_path, proxy):
         load_site_config(path)
     assert (info.value.line, info.value.field) == (2, "source.proxy")
     assert "s3cr3t" not in str(info.value)
+
+
+# -- issue 12: one file for the nightly job -------------------------------------------------------
+
+
+def test_one_file_holds_servers_trials_folders_and_notifications(tmp_path):
+    """Server URLs, trials, out_dir and notify; relative files and folders are next to the file."""
+    path = write(
+        tmp_path,
+        """
+source:
+  url: https://fhir.hospital.example/r4
+sink:
+  url: http://127.0.0.1:8765/fhir
+  auth: {type: bearer, token_file: secrets/sink-token}
+trials: [hcc-ablation-lenvatinib-pd1, trials/local.yaml, ./other.yml, /abs/t.json, x.json]
+out_dir: reports
+state_dir: ~/state
+notify:
+  smtp: {host: mail.example, from: a@hospital.example, to: [b@hospital.example],
+         username: ta, password_file: secrets/smtp, ca_bundle: ca.pem}
+  webhook: {url_file: secrets/hook-url, token_file: secrets/hook-token,
+            headers: {X-Key: {file: secrets/key}, X-Team: research}}
+""",
+    )
+    site = load_site_config(path)
+    assert site.source.url == "https://fhir.hospital.example/r4"
+    assert site.sink.url == "http://127.0.0.1:8765/fhir"
+    assert site.sink.auth.token_file == tmp_path / "secrets" / "sink-token"  # type: ignore[union-attr]
+    assert site.trials == (
+        "hcc-ablation-lenvatinib-pd1",
+        str(tmp_path / "trials" / "local.yaml"),
+        str(tmp_path / "other.yml"),
+        "/abs/t.json",
+        str(tmp_path / "x.json"),
+    )
+    assert site.out_dir == tmp_path / "reports"
+    assert site.state_dir == Path.home() / "state"
+    assert site.notify is not None
+    assert site.notify.smtp is not None
+    assert site.notify.smtp.password_file == tmp_path / "secrets" / "smtp"
+    assert site.notify.smtp.ca_bundle == tmp_path / "ca.pem"
+    hook = site.notify.webhook
+    assert hook is not None
+    assert (hook.url_file, hook.token_file) == (
+        tmp_path / "secrets" / "hook-url",
+        tmp_path / "secrets" / "hook-token",
+    )
+    assert hook.headers["X-Key"].file == tmp_path / "secrets" / "key"  # type: ignore[union-attr]
+    assert hook.headers["X-Team"] == "research"
+
+
+def test_without_the_new_keys_nothing_changes():
+    """A site file of issue 11 still loads: no URLs, trials, out_dir or notifications."""
+    site = load_site_config(None)
+    assert (site.source.url, site.sink.url, site.trials, site.out_dir, site.notify) == (
+        None,
+        None,
+        (),
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "fhir.hospital.example/r4",
+        "ftp://fhir.hospital.example/r4",
+        "https://fhir.hospital.example/r4?_format=json",
+        "https://fhir.hospital.example/r4#x",
+        "https://user:s3cr3t@fhir.hospital.example/r4",
+    ],
+)
+def test_a_server_url_must_be_an_http_base_without_query_or_credentials(tmp_path, url):
+    """The base URL is sent with every request: no query, fragment or password in it."""
+    path = write(tmp_path, f"sink:\n  url: '{url}'\n")
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert (info.value.line, info.value.field) == (2, "sink.url")
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field"),
+    [
+        ("trials: hcc-ablation-lenvatinib-pd1\n", 1, "trials"),
+        (
+            "notify:\n  smtp: {host: m, from: a@b, to: [c@d], password: pw-in-file}\n",
+            2,
+            "notify.smtp",
+        ),
+        ("notify:\n  webhook: {url: 'http://alerts.example/h'}\n", 2, "notify.webhook"),
+        ("notify: {}\n", 1, "notify"),
+    ],
+)
+def test_a_bad_trials_or_notify_entry_names_file_line_and_field(tmp_path, text, line, field):
+    path = write(tmp_path, text)
+    with pytest.raises(MappingError) as info:
+        load_site_config(path)
+    assert (info.value.line, info.value.field) == (line, field)
+    assert "pw-in-file" not in str(info.value)
