@@ -25,6 +25,8 @@ from adapter.cli_args import (
     AS_OF_HELP,
     TIMEOUT_HELP,
     Parser,
+    add_check_parser,
+    add_runs_parser,
     as_of,
     early_log_options,
     log_level,
@@ -32,29 +34,25 @@ from adapter.cli_args import (
     positive,
     seconds,
 )
+from adapter.commands import check as check_command
+from adapter.commands.runs import list_runs
+from adapter.commands.sweep import failure_line, sweep_command
 from adapter.config import SiteConfig, load_site_config
 from adapter.connect import is_url, open_source
-from adapter.deliver import deliver
 from adapter.errors import (
     AdapterError,
     ExitCode,
-    FhirError,
-    OutputError,
     PatientError,
     UsageError,
     redact_url,
 )
 from adapter.report.explain import explain_table
-from adapter.report.files import check_writable_folder, write_private
 from adapter.report.results import (
-    sweep_json,
-    unknown_summary,
     verdict_json,
-    write_reports,
 )
 from adapter.survey import outputs as survey_outputs
 from adapter.survey import run as survey_run
-from adapter.sweep import NOT_FOUND, SweepResult, run_sweep
+from adapter.sweep import NOT_FOUND, run_sweep
 from adapter.trials import Trial, default_mappings_dir, load_trial
 
 log = logging.getLogger("adapter")
@@ -67,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--trial", required=True, help="trial id from mappings/, or a trial file")
-        p.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+        p.add_argument(
+            "--trial", help="trial id from mappings/, or a trial file (default: trials in --config)"
+        )
+        p.add_argument(
+            "--source", help="folder of FHIR files, or FHIR base URL (default: source.url)"
+        )
         p.add_argument("--as-of", type=as_of, help=AS_OF_HELP)
         p.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
         p.add_argument(
@@ -88,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
     common(sweep)
     sweep.add_argument("--sink", help="folder for NDJSON, or FHIR base URL (default: none)")
-    sweep.add_argument("--out", type=Path, help="report folder (default out/<trial>/<as-of>/)")
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        help="report folder (default out/<trial>/<run id>/, and out/<trial>/latest points at it)",
+    )
     sweep.add_argument(
         "--dry-run",
         action="store_true",
@@ -101,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="locks (and later the run ledger); default $XDG_STATE_HOME/trial-adapter, else "
+        help="locks and the run ledger; default $XDG_STATE_HOME/trial-adapter, else "
         "~/.local/state/trial-adapter",
     )
 
@@ -141,7 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     log_options(refresh)
     refresh.set_defaults(quiet=False)
     _survey_parser(sub)
+    add_check_parser(sub)
+    add_runs_parser(sub)
     return parser
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """--config, else $TRIAL_ADAPTER_CONFIG, else none."""
+    env = os.environ.get("TRIAL_ADAPTER_CONFIG")
+    return args.config or (Path(env) if env else None)
+
+
+async def _check(args: argparse.Namespace) -> ExitCode:
+    """`check`: one line per check on stdout, 0 only when none failed (adapter.commands.check)."""
+    return await check_command.run_checks(
+        _config_path(args),
+        source=args.source,
+        sink=args.sink,
+        trials=args.trial or (),
+        env=os.environ,
+        say=lambda line: print(line, flush=True),
+        mappings=args.mappings,
+        site_mappings=args.site_mappings,
+        out_dir=args.out,
+        state_dir=args.state_dir,
+        timeout=args.timeout,
+    )
 
 
 def _survey_parser(sub: Any) -> None:
@@ -244,7 +275,9 @@ async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitC
     pid = args.patient.removeprefix("Patient/")
     site = _site(args)
     async with open_source(args.source, site.source, env=os.environ, say=_say(args)) as source:
-        result = await run_sweep(trial, source, as_of, only=frozenset({pid}))
+        result = await run_sweep(
+            trial, source, as_of, only=frozenset({pid}), mrn_system=site.mrn_system
+        )
     if result.errors:
         failure = result.errors[0]
         if result.verdicts or not failure.reason.startswith(NOT_FOUND):
@@ -253,7 +286,7 @@ async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitC
         raise UsageError(f"patient not found in the source: {failure.reason}")
     (verdict,) = result.verdicts
     if args.json:
-        doc = verdict_json(verdict) | {
+        doc = verdict_json(verdict, result.identities.get(verdict.patient)) | {
             "trial": trial.id,
             "as_of": as_of.isoformat(),
             "in_cohort": not result.outside_cohort,
@@ -265,125 +298,27 @@ async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitC
 
 
 async def _sweep(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
-    say = _say(args)
-    site = _site(args)
-    out_dir: Path = args.out or Path("out") / trial.id / as_of.isoformat()
-    # Every output place before the first request: not found after the whole sweep.
-    check_writable_folder(out_dir, "--out")
-    if args.sink and not is_url(args.sink):
-        check_writable_folder(Path(args.sink), "--sink")
-    try:
-        async with open_source(
-            args.source,
-            site.source,
-            env=os.environ,
-            say=say,
-            batch_size=args.batch_size,
-            page_size=args.page_size,
-        ) as source:
-            result = await run_sweep(trial, source, as_of, progress=say)
-    except FhirError as exc:
-        _keep_server_words(out_dir, exc, args.run_id)
-        raise
-    writes: dict[str, str] = {}
-    sinking = bool(args.sink) and not args.dry_run
-
-    def report(status: str | None, error: str | None = None) -> dict[str, Any]:
-        doc = sweep_json(
-            result,
-            sink=args.sink and _sink_label(args.sink),
-            writes=writes,
-            sink_status=status if sinking else None,
-            sink_error=error,
-            planned_writes=result.planned_writes if args.dry_run else None,
-        )
-        write_reports(out_dir, doc, result.verdicts)
-        return doc
-
-    # The results first, so a sink that fails cannot take them with it; rewritten after.
-    report("started")
-    try:
-        await deliver(
-            args.sink,
-            source=args.source,
-            server_config=site.sink,
-            env=os.environ,
-            dry_run=args.dry_run,
-            trial=trial,
-            result=result,
-            as_of=as_of,
-            say=say,
-            writes=writes,
-        )
-    except BaseException as exc:
-        if sinking:
-            try:
-                report("failed", _failure_line(exc) + _detail(exc))
-            except OutputError as again:
-                log.warning("results.json could not record the sink failure: %s", again)
-        raise
-    doc = report("complete")
-    _print_summary(result, doc, out_dir, writes)
-    return ExitCode.PARTIAL if result.partial else ExitCode.OK
-
-
-def _failure_line(exc: BaseException) -> str:
-    """The error's one line (adapter messages hold no patient data), for results.json."""
-    if isinstance(exc, AdapterError | OSError):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-        return "interrupted"
-    return type(exc).__name__  # an unexpected error's text may hold values
-
-
-def _detail(exc: BaseException) -> str:
-    """The server's own words behind an error, for the owner-only results.json only."""
-    detail = getattr(exc, "detail", "")
-    return f"; the server said: {detail}" if isinstance(detail, str) and detail else ""
-
-
-def _keep_server_words(out_dir: Path, exc: FhirError, run_id: str) -> None:
-    """A failed source's free text (it may name a patient) in the owner-only `error.json`,
-    never on stderr; a good report of an earlier run in the same folder is left as it is."""
-    if not exc.detail:
-        return
-    doc = {"run_id": run_id, "error": _failure_line(exc), "detail": exc.detail}
-    try:
-        write_private(out_dir / "error.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    except OSError:
-        return
-    log.warning(
-        "the server's own words are in %s (they may name a patient)", out_dir / "error.json"
+    return await sweep_command(
+        args, trial, as_of, site=_site(args), state_dir=_state_dir(args), say=_say(args)
     )
 
 
-def _sink_label(sink: str) -> str:
-    return sink if not is_url(sink) else sink.split("?", 1)[0]
-
-
-def _print_summary(
-    result: SweepResult, doc: dict[str, Any], out_dir: Path, writes: dict[str, str]
-) -> None:
-    counts = doc["counts"]
-    lines = [
-        f"trial {result.trial.id}, as of {result.as_of.isoformat()}: "
-        f"{len(result.verdicts)} patients in the cohort",
-        f"  candidate            {counts['candidate']}",
-        f"  potential-candidate  {counts['potential-candidate']}",
-        f"  ineligible           {counts['ineligible']}",
-    ]
-    unknown = unknown_summary(result.verdicts)
-    if unknown:
-        top = ", ".join(f"{cid} ({n})" for cid, n in list(unknown.items())[:5])
-        lines.append(f"  most often unknown: {top}")
-    if result.errors:
-        lines.append(f"  could not be evaluated or written: {len(result.errors)} (see errors)")
-    if result.unreadable:
-        lines.append(f"  unreadable input skipped: {len(result.unreadable)} (see unreadable_input)")
-    if result.withhold_writes:
-        lines.append("  nothing written to the sink: an unreadable line names no patient for sure")
-    lines.append(f"report: {out_dir / 'results.json'} and {out_dir / 'candidates.csv'}")
-    print("\n".join(lines))
+def _from_site_file(args: argparse.Namespace, site: SiteConfig) -> None:
+    """The trial, source and sink the command line leaves out, from the site file (issue 12:
+    one file holds the nightly job); the command line wins."""
+    args.source = args.source or site.source.url
+    if not args.source:
+        raise UsageError("--source is required (or source.url in the site file)")
+    if args.command == "sweep":
+        args.sink = args.sink or site.sink.url
+    if not args.trial:
+        if len(site.trials) != 1:
+            several = "several trials are" if site.trials else "no trial is"
+            raise UsageError(
+                f"--trial is required: {several} in the site file (one trial per sweep, each "
+                "with its own lock, report and exit code)"
+            )
+        args.trial = site.trials[0]
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -453,9 +388,16 @@ def _main(argv: Sequence[str] | None) -> int:
                 code = asyncio.run(_codesets(args))
             elif args.command == "survey":
                 code = asyncio.run(_survey(args))
+            elif args.command == "check":
+                code = asyncio.run(_check(args))
+            elif args.command == "runs":
+                sys.stdout.write(list_runs(_state_dir(args), as_json=args.json, limit=args.limit))
+                code = ExitCode.OK
             else:
                 as_of = args.as_of or date.today()
-                site_dir = args.site_mappings or _site(args).site_mappings
+                site = _site(args)
+                _from_site_file(args, site)
+                site_dir = args.site_mappings or site.site_mappings
                 trial = load_trial(args.trial, args.mappings, site_mappings=site_dir)
                 command = _explain if args.command == "explain" else _sweep
                 with _run_lock(args, trial):
@@ -477,7 +419,7 @@ def _main(argv: Sequence[str] | None) -> int:
             # naming the place rather than printing a traceback whose text may hold values.
             log.error(
                 "error: unexpected %s%s",
-                _failure_line(exc),
+                failure_line(exc),
                 _where(exc),
                 extra={"error": type(exc).__name__, "exit_code": int(ExitCode.FATAL)},
             )

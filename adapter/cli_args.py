@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from adapter import logs
@@ -118,3 +119,60 @@ def log_level(name: str | None, *, quiet: bool) -> int:
     if name is not None:
         return logs.LEVELS[name]
     return logging.WARNING if quiet else logging.INFO
+
+
+def add_runs_parser(sub: Any) -> None:
+    """`runs`: recent runs from the ledger in the state folder."""
+    runs = sub.add_parser("runs", help="list recent runs from the run ledger")
+    runs.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    runs.add_argument("--limit", type=positive, default=20, help="runs listed (default 20)")
+    runs.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the state folder (default: state_dir in --config, else "
+        "$XDG_STATE_HOME/trial-adapter, else ~/.local/state/trial-adapter)",
+    )
+    runs.add_argument(
+        "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
+    )
+    log_options(runs)
+    runs.set_defaults(timeout=None, quiet=False)
+
+
+def add_check_parser(sub: Any) -> None:
+    """`check`: the set-up proved before the first night (adapter.commands.check)."""
+    check = sub.add_parser(
+        "check",
+        help="prove the set-up before the first night: configuration, secrets, servers, tokens, "
+        "capabilities, folders",
+    )
+    check.add_argument(
+        "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
+    )
+    check.add_argument("--source", help="FHIR base URL or folder (default: source.url)")
+    check.add_argument("--sink", help="FHIR base URL or folder (default: sink.url)")
+    check.add_argument(
+        "--trial",
+        action="append",
+        metavar="T",
+        help="trial id or file, repeatable (default: trials in --config)",
+    )
+    check.add_argument(
+        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
+    )
+    check.add_argument(
+        "--site-mappings",
+        type=Path,
+        metavar="DIR",
+        help="site folder merged over the mappings (default: site_mappings in --config)",
+    )
+    check.add_argument(
+        "--out", type=Path, metavar="DIR", help="report folder (default: out_dir, else out/)"
+    )
+    check.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="state folder (default: state_dir, else XDG)"
+    )
+    check.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+    log_options(check)
+    check.set_defaults(quiet=False)

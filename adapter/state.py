@@ -2,7 +2,7 @@
 
 The folder is `--state-dir`, else `$XDG_STATE_HOME/trial-adapter`, else
 `~/.local/state/trial-adapter` (`default_state_dir`, given the environment by the CLI). It holds
-`locks/` now; the run ledger and Bulk jobs come later.
+`locks/` and the run ledger (`ledger.sqlite3`, adapter.ledger); Bulk jobs come later.
 
 A sweep that writes to a sink holds `locks/<sha256 of trial and sink>.lock` with `fcntl.flock`
 for its whole run. The kernel drops that lock when the process ends however it ends (SIGKILL

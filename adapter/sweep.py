@@ -22,7 +22,10 @@ from adapter.criteria.evaluate import evaluate_patient, in_cohort
 from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
 from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
+from adapter.facts.identity import Identity, identity_of
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
+from adapter.progress import NoProgress
+from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
 from adapter.trials import Trial
 
@@ -57,6 +60,9 @@ class SweepResult:
     foreign: Counter[str] = field(default_factory=Counter)
     #: Patient reference -> its first identifier (system, value): logical references in sinks
     identifiers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Patient reference -> name, MRN, birth date, age and sex of each evaluated patient, for
+    #: results.json and the CSVs only (never logs or notifications)
+    identities: dict[str, Identity] = field(default_factory=dict)
     #: reference -> versioned reference (`Observation/1/_history/3`) of each fact with a version
     versions: dict[str, str] = field(default_factory=dict)
     #: Patient reference -> the ResearchSubject status people set on the sink (withdrawn,
@@ -132,13 +138,19 @@ async def run_sweep(
     *,
     progress: Progress | None = None,
     only: frozenset[str] | None = None,
+    mrn_system: str | None = None,
+    tracker: Tracker | None = None,
 ) -> SweepResult:
     """Read the cohort and what the criteria need from `source`; evaluate every patient.
 
     `only` names Patient ids to evaluate instead of the cohort (for `explain`): they are evaluated
     whether or not they are in the cohort, and `SweepResult.outside_cohort` lists those who are not.
+    `mrn_system` is the site's MRN identifier system (`SiteConfig.mrn_system`), for identities.
+    `tracker` is shown each stage and its counts (resources read per type, patients evaluated).
     """
     say = progress or (lambda _msg: None)
+    track = tracker or NoProgress()
+    track.stage("cohort", None)
     result = SweepResult(trial, as_of)
     stats = result.stats
     ids = set(only) if only is not None else await cohort_ids(trial, source, as_of, stats)
@@ -148,31 +160,39 @@ async def run_sweep(
     if only is None:
         _hold(held, source.unreadable, None)
     say(f"cohort: {len(ids)} patients")
+    track.advance(len(ids))
     if not ids:
+        track.done()
         _hold_back(result, held)
         _note_source(result, source)
         return result
     wanted = frozenset(ids)
 
     patients: dict[str, PatientInfo] = {}
+    track.stage("Patient", None)
     async for res in source.fetch(Query("Patient", patients=wanted)):
         stats["Patient"] += 1
+        track.advance()
         pid = patient_id_of(res)
         if pid in wanted:
-            patients[pid] = patient_info(res)
+            patients[pid] = patient_info(res, mrn_system=mrn_system)
     say(f"patients read: {len(patients)}")
 
     reads = trial.reads()
     conditions: dict[str, list[ConditionFact]] = defaultdict(list)
+    track.stage("Condition", None)
     async for res in _fetch_if("Condition" in reads, source, Query("Condition", patients=wanted)):
         stats["Condition"] += 1
+        track.advance()
         pid = patient_id_of(res)
         if pid in wanted:
             conditions[pid].append(condition_fact(res, trial.system_aliases))
 
     procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
+    track.stage("Procedure", None)
     async for res in _fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
         stats["Procedure"] += 1
+        track.advance()
         pid = patient_id_of(res)
         if pid in wanted:
             procedures[pid].append(procedure_fact(res, trial.system_aliases))
@@ -182,8 +202,10 @@ async def run_sweep(
     )
     labs: dict[str, list[LabValue]] = defaultdict(list)
     observations = Query("Observation", codes=trial.observation_codes(), patients=wanted)
+    track.stage("Observation", None)
     async for res in _fetch_if("Observation" in reads, source, observations):
         stats["Observation"] += 1
+        track.advance()
         pid = patient_id_of(res)
         if pid not in wanted:
             stats["observations_other_patients"] += 1
@@ -203,7 +225,10 @@ async def run_sweep(
 
     _hold(held, source.unreadable, wanted)
     manual = [(m.id, m.description) for m in trial.manual]
-    for pid in sorted(wanted - held.keys()):
+    evaluated = sorted(wanted - held.keys())
+    track.stage("evaluation", len(evaluated))
+    for pid in evaluated:
+        track.advance()
         reference = f"Patient/{pid}"
         info = patients.get(pid)
         if info is None:
@@ -235,8 +260,12 @@ async def run_sweep(
             )
             continue
         result.verdicts.append(verdict)
-        if info.identifiers:
-            result.identifiers[reference] = info.identifiers[0]
+        result.identities[reference] = identity_of(info, as_of)
+        # The MRN, never the first identifier: Synthea's first is a social security number,
+        # which a logical reference would carry to another server (issue 12).
+        mrn = next(((sys, val) for sys, val in info.identifiers if val == info.mrn), None)
+        if info.mrn is not None and mrn is not None:
+            result.identifiers[reference] = mrn
         versioned = [(info.reference, info.version)]
         versioned += [(f.reference, f.version) for f in facts.labs]
         versioned += [(f.reference, f.version) for f in facts.conditions]
@@ -244,6 +273,7 @@ async def run_sweep(
         for ref, version in versioned:
             if version:
                 result.versions[ref] = f"{ref}/_history/{version}"
+    track.done()
     _hold_back(result, held)
     _note_source(result, source)
     return result

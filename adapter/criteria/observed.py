@@ -72,6 +72,7 @@ def latest_reading(
     if only_readable:
         inside = [lab for lab in inside if read(lab) is not None]
         straddling = [lab for lab in straddling if read(lab) is not None]
+
     def as_read(lab: LabValue) -> Hashable:
         value = read(lab)
         return ("read", value) if value is not None else same_value(lab)

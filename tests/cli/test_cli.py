@@ -171,14 +171,21 @@ def test_folder_sink_writes_study_and_subjects_for_flagged_patients_only(tmp_pat
     assert (sink / "ResearchSubject.ndjson").read_bytes() == before
 
 
-def test_default_out_folder_is_out_trial_as_of(tmp_path, capsys, monkeypatch):
-    """--out defaults to out/<trial>/<as-of>/."""
+def test_default_out_folder_is_out_trial_run_id_and_latest_points_at_it(
+    tmp_path, capsys, monkeypatch
+):
+    """--out defaults to out/<trial>/<run id>/ (issue 12), and out/<trial>/latest is the newest."""
     monkeypatch.chdir(tmp_path)
-    code, _, _ = run(
-        capsys, "sweep", "--trial", TRIAL, "--source", str(DEMO), "--as-of", "2026-06-15", "--quiet"
-    )
-    assert code == 0
-    assert (tmp_path / "out" / TRIAL / "2026-06-15" / "results.json").is_file()
+    args = ("sweep", "--trial", TRIAL, "--source", str(DEMO), "--as-of", "2026-06-15", "--quiet")
+    assert run(capsys, *args)[0] == 0
+    assert run(capsys, *args)[0] == 0
+    runs = sorted(p for p in (tmp_path / "out" / TRIAL).iterdir() if p.name != "latest")
+    assert len(runs) == 2
+    assert all((p / "results.json").is_file() for p in runs)
+    latest = tmp_path / "out" / TRIAL / "latest"
+    assert latest.is_symlink()
+    newest = json.loads((latest / "results.json").read_text())["run_id"]
+    assert latest.resolve().name == newest
 
 
 @pytest.mark.data

@@ -315,7 +315,9 @@ def test_the_writability_check_leaves_nothing_behind(tmp_path):
     assert done.returncode == 0, done.stderr
     assert list(sink.iterdir()) == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "candidates-detail.csv",
         "candidates.csv",
+        "report.html",
         "results.json",
     ]
 

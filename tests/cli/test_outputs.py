@@ -25,6 +25,15 @@ SOURCE = "https://ehr.test/fhir/"
 SINK = "https://sink.test/fhir/"
 
 
+@pytest.fixture(autouse=True)
+def demo_mrn(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's MRN system in the site file: a sink on another server names each patient by
+    MRN (never by the first identifier, which in Synthea is a social security number)."""
+    site = tmp_path_factory.mktemp("site") / "site.yaml"
+    site.write_text("mrn_system: urn:trial-adapter:demo-mrn\n")
+    monkeypatch.setenv("TRIAL_ADAPTER_CONFIG", str(site))
+
+
 def sweep(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
     args = ["sweep", "--trial", TRIAL, "--as-of", "2026-06-15", "--quiet", *extra]
     code = main(args)
@@ -179,3 +188,32 @@ def test_a_folder_sink_failing_mid_write_leaves_results_saying_nothing_was_writt
     assert doc["sink_writes"]["status"] == "failed"
     assert doc["sink_writes"]["written"] == []
     assert doc["sink_writes"]["not_written"] == flagged(doc)
+
+
+def test_a_subject_people_withdrew_in_the_folder_sink_is_reported_apart_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: a line set to `withdrawn` stays as people set it; `status` keeps the verdict and
+    `people_status` says what people set."""
+    sink = tmp_path / "sink"
+    sweep(capsys, "--source", str(DEMO), "--sink", str(sink), "--out", str(tmp_path / "first"))
+    path = sink / "ResearchSubject.ndjson"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["status"] = "withdrawn"
+    withdrawn = lines[0]["individual"]["reference"]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    second = tmp_path / "second"
+    code, _ = sweep(capsys, "--source", str(DEMO), "--sink", str(sink), "--out", str(second))
+    assert code == 0
+    doc = json.loads((second / "results.json").read_text())
+    entry = next(p for p in doc["patients"] if p["patient"] == withdrawn)
+    assert entry["status"] in ("candidate", "potential-candidate")
+    assert entry["research_subject"] == "kept_human_status"
+    assert entry["people_status"] == "withdrawn"
+    assert {p["people_status"] for p in doc["patients"] if p["patient"] != withdrawn} == {None}
+    after = {
+        s["individual"]["reference"]: s for s in map(json.loads, path.read_text().splitlines())
+    }
+    assert after[withdrawn] == lines[0]
+    # never again a candidate in the worklist: left out of candidates.csv
+    assert withdrawn not in (second / "candidates.csv").read_text()

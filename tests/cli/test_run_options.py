@@ -148,7 +148,7 @@ def _bug(*_args: object) -> None:
 
 @pytest.mark.parametrize(
     ("target", "failure"),
-    [("adapter.state._write_holder", _full_disk), ("adapter.cli.run_sweep", _bug)],
+    [("adapter.state._write_holder", _full_disk), ("adapter.commands.sweep.run_sweep", _bug)],
     ids=["state-folder-disk-full", "a-bug"],
 )
 def test_an_unexpected_failure_is_one_json_line_without_patient_data(
