@@ -261,11 +261,14 @@ async def run_sweep(
             continue
         result.verdicts.append(verdict)
         result.identities[reference] = identity_of(info, as_of)
-        # The MRN, never the first identifier: Synthea's first is a social security number,
-        # which a logical reference would carry to another server (issue 12).
+        # The MRN, else the first identifier that is no personal document number (SSNs and
+        # the like never enter the facts): what a sink on another server names the patient by.
         mrn = next(((sys, val) for sys, val in info.identifiers if val == info.mrn), None)
-        if info.mrn is not None and mrn is not None:
-            result.identifiers[reference] = mrn
+        chosen = mrn if info.mrn is not None else None
+        if chosen is None and info.identifiers:
+            chosen = info.identifiers[0]
+        if chosen is not None:
+            result.identifiers[reference] = chosen
         versioned = [(info.reference, info.version)]
         versioned += [(f.reference, f.version) for f in facts.labs]
         versioned += [(f.reference, f.version) for f in facts.conditions]

@@ -1,7 +1,8 @@
-"""The identifier a sink on another server names a patient by: the MRN, never the first one.
+"""The identifier a sink on another server names a patient by: the MRN, else the first that is
+no personal document number, never an SSN.
 
-Synthea lists a social security number first; a logical reference built from `identifier[0]`
-would carry it to another server (issue 12).
+Some sources list a social security number first; a logical reference built from
+`identifier[0]` would carry it to another server (issue 12).
 """
 
 from __future__ import annotations
@@ -54,9 +55,26 @@ def test_the_mrn_of_type_mr_is_taken_not_the_ssn_listed_first(tmp_path):
     assert result.identities["Patient/demo-01"].mrn == "MRN-0001"
 
 
-def test_without_an_mrn_no_identifier_is_taken(tmp_path):
-    result = sweep(tmp_path, [SSN])
+def test_a_social_security_number_is_never_taken(tmp_path):
+    """Neither by its system nor, under another system, by its type SS."""
+    typed = {
+        "type": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS"}]
+        },
+        "system": "urn:state:ssn",
+        "value": "999-12-3456",
+    }
+    result = sweep(tmp_path, [SSN, typed])
     assert "Patient/demo-01" not in result.identifiers
+    assert result.identities["Patient/demo-01"].mrn is None
+
+
+def test_without_an_mrn_the_first_identifier_that_is_no_personal_number_is_taken(tmp_path):
+    other = {"system": "urn:hospital:patient-id", "value": "P-77"}
+    result = sweep(tmp_path, [SSN, other])
+    assert result.identifiers["Patient/demo-01"] == ("urn:hospital:patient-id", "P-77")
+    # not an MRN: the worklist's MRN column stays blank
+    assert result.identities["Patient/demo-01"].mrn is None
 
 
 def test_the_site_mrn_system_wins(tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 
 from adapter.analytes import Analyte
 from adapter.facts.dates import FhirDate, parse_fhir_date
-from adapter.facts.identity import human_name, mrn_of
+from adapter.facts.identity import human_name, is_personal, mrn_of
 from adapter.facts.model import (
     Abatement,
     Coding,
@@ -148,7 +148,7 @@ def patient_info(res: Json, *, mrn_system: str | None = None) -> PatientInfo:
     deceased_bool = res.get("deceasedBoolean")
     identifiers = []
     for ident in array(res.get("identifier")):
-        if isinstance(ident, Mapping):
+        if isinstance(ident, Mapping) and not is_personal(ident):
             system, value = ident.get("system"), ident.get("value")
             if isinstance(system, str) and isinstance(value, str):
                 identifiers.append((system, value))

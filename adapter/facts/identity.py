@@ -113,6 +113,30 @@ def mrn_of(patient: Mapping[str, Any], mrn_system: str | None = None) -> str | N
     return None
 
 
+#: identifier types (v2-0203) of national or personal documents: social security, social
+#: beneficiary, tax, driver's licence, passport, national person id, and the like
+PERSONAL_TYPES = frozenset({"SS", "SB", "TAX", "DL", "PPN", "NI", "NNxxx", "PEN", "CZ", "BCT"})
+#: identifier systems of such numbers (US SSN in its URL and OID forms)
+PERSONAL_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/us-ssn", "urn:oid:2.16.840.1.113883.4.1"})
+
+
+def is_personal(identifier: Mapping[str, Any]) -> bool:
+    """Whether an identifier is a national or personal document number (an SSN, a passport):
+    never read into facts, so it can never be shown, logged or sent to a sink (issue 12)."""
+    system = identifier.get("system")
+    if isinstance(system, str) and system in PERSONAL_SYSTEMS:
+        return True
+    kind = identifier.get("type")
+    codings = _list(kind.get("coding")) if isinstance(kind, Mapping) else ()
+    return any(
+        isinstance(c, Mapping)
+        and c.get("system") == IDENTIFIER_TYPES
+        and isinstance(c.get("code"), str)
+        and (c["code"] in PERSONAL_TYPES or c["code"].startswith("NN"))
+        for c in codings
+    )
+
+
 def _value(identifier: Mapping[str, Any]) -> str | None:
     value = identifier.get("value")
     return value.strip() if isinstance(value, str) and value.strip() else None

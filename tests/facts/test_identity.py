@@ -217,3 +217,22 @@ def test_sex_is_the_one_the_criteria_use() -> None:
     info = PatientInfo("Patient/p1", None, "female", recorded_sex="male")
     assert identity_of(info, AS_OF).sex == "male"
     assert identity_of(PatientInfo("Patient/p1", None, None), AS_OF) == Identity()
+
+
+def test_personal_document_numbers_never_enter_the_facts() -> None:
+    """SSN (by system or type SS), passport and driver's licence are dropped at extraction, so
+    no report, log or sink can carry them; other identifiers stay."""
+    from adapter.facts.extract import patient_info
+
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+    patient = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
+            {"type": {"coding": [{"system": v2, "code": "PPN"}]}, "system": "urn:pp", "value": "X1"},
+            {"type": {"coding": [{"system": v2, "code": "DL"}]}, "system": "urn:dl", "value": "D9"},
+            {"system": "urn:hospital:id", "value": "H-1"},
+        ],
+    }
+    assert patient_info(patient).identifiers == (("urn:hospital:id", "H-1"),)
