@@ -230,8 +230,8 @@ def test_personal_document_numbers_never_enter_the_facts() -> None:
         "id": "p1",
         "identifier": [
             {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
-            {"type": {"coding": [{"system": v2, "code": "PPN"}]}, "system": "urn:pp", "value": "X1"},
-            {"type": {"coding": [{"system": v2, "code": "DL"}]}, "system": "urn:dl", "value": "D9"},
+            {"type": {"coding": [{"system": v2, "code": "PPN"}]}, "system": "urn:p", "value": "X"},
+            {"type": {"coding": [{"system": v2, "code": "DL"}]}, "system": "urn:d", "value": "D"},
             {"system": "urn:hospital:id", "value": "H-1"},
         ],
     }
