@@ -101,21 +101,8 @@ class ServerConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            url: httpx.URL | None = httpx.URL(value)
-        except httpx.InvalidURL:
-            url = None
-        if (
-            url is None
-            or url.scheme not in ("http", "https")
-            or not url.host
-            or url.userinfo
-            or url.query
-            or url.fragment
-        ):
-            # A query would be sent with every request; a password in the URL is a secret.
+        # A query would be sent with every request; a password in the URL is a secret.
+        if value is not None and not _plain_http_url(value, path=True):
             raise ValueError(
                 "a FHIR base URL must be http(s)://host[:port]/path, without credentials, "
                 "query or fragment"
@@ -125,22 +112,8 @@ class ServerConfig(BaseModel):
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            url: httpx.URL | None = httpx.URL(value)
-        except httpx.InvalidURL:
-            url = None
-        if (
-            url is None
-            or url.scheme not in ("http", "https")
-            or not url.host
-            or url.userinfo
-            or url.path not in ("", "/")
-            or url.query
-            or url.fragment
-        ):
-            # A proxy password would be a secret in the configuration.
+        # A proxy password would be a secret in the configuration.
+        if value is not None and not _plain_http_url(value, path=False):
             raise ValueError("a proxy must be http(s)://host[:port], without credentials or path")
         return value
 
@@ -248,3 +221,19 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
         if isinstance(headers, dict):
             for value in headers.values():
                 keys(value, ("file",))
+
+
+def _plain_http_url(value: str, *, path: bool) -> bool:
+    """http(s) with a host and no credentials, query or fragment (and no path unless `path`)."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        return False
+    return (
+        url.scheme in ("http", "https")
+        and bool(url.host)
+        and not url.userinfo
+        and not url.query
+        and not url.fragment
+        and (path or url.path in ("", "/"))
+    )
