@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.FATAL)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd stop, a Kubernetes pod ending, `kill`) ends a sweep as Ctrl-C does: the
+    running step is cancelled, results.json says the sink failed ("interrupted"), the ledger
+    records the run as ended with exit 1, and the next run repairs whatever was half done.
+    Without this the interpreter would stop at once and leave the run unfinished."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stdout_to_devnull() -> None:
     """Point stdout's descriptor at os.devnull: what is still buffered then has a place to go."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # no real descriptor: nothing
@@ -400,7 +422,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 site_dir = args.site_mappings or site.site_mappings
                 trial = load_trial(args.trial, args.mappings, site_mappings=site_dir)
                 command = _explain if args.command == "explain" else _sweep
-                with _run_lock(args, trial):
+                with _run_lock(args, trial), _terminate_as_interrupt():
                     code = asyncio.run(command(args, trial, as_of))
         except AdapterError as exc:
             log.error(
