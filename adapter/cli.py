@@ -32,6 +32,7 @@ from adapter.cli_args import (
     early_log_options,
     log_level,
     log_options,
+    mapping_options,
     positive,
     seconds,
 )
@@ -73,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--source", help="folder of FHIR files, or FHIR base URL (default: source.url)"
         )
         p.add_argument("--as-of", type=as_of, help=AS_OF_HELP)
-        p.add_argument("--mappings", type=Path, help="mappings folder (default: the bundled one)")
-        p.add_argument(
-            "--site-mappings",
-            type=Path,
-            metavar="DIR",
-            help="site folder merged over the mappings (default: site_mappings in --config)",
-        )
+        mapping_options(p)
         p.add_argument(
             "--config",
             type=Path,
@@ -196,15 +191,7 @@ def _survey_parser(sub: Any) -> None:
     survey.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default out/survey/)"
     )
-    survey.add_argument(
-        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
-    )
-    survey.add_argument(
-        "--site-mappings",
-        type=Path,
-        metavar="DIR",
-        help="site folder merged over the mappings (default: site_mappings in --config)",
-    )
+    mapping_options(survey)
     survey.add_argument(
         "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
     )

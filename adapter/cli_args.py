@@ -158,15 +158,7 @@ def add_check_parser(sub: Any) -> None:
         metavar="T",
         help="trial id or file, repeatable (default: trials in --config)",
     )
-    check.add_argument(
-        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
-    )
-    check.add_argument(
-        "--site-mappings",
-        type=Path,
-        metavar="DIR",
-        help="site folder merged over the mappings (default: site_mappings in --config)",
-    )
+    mapping_options(check)
     check.add_argument(
         "--out", type=Path, metavar="DIR", help="report folder (default: out_dir, else out/)"
     )
@@ -176,3 +168,16 @@ def add_check_parser(sub: Any) -> None:
     check.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
     log_options(check)
     check.set_defaults(quiet=False)
+
+
+def mapping_options(p: argparse.ArgumentParser) -> None:
+    """--mappings and --site-mappings, read the same way by every command that loads trials."""
+    p.add_argument(
+        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
+    )
+    p.add_argument(
+        "--site-mappings",
+        type=Path,
+        metavar="DIR",
+        help="site folder merged over the mappings (default: site_mappings in --config)",
+    )
