@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ log = logging.getLogger("adapter")
 Say = Callable[[str], None]
 
 
+@dataclass
+class _Run:
+    """What one sweep has got to so far, for whoever records its end however it ends: the
+    ledger (the verdicts) and the notification (the last report written)."""
+
+    result: SweepResult | None = None
+    doc: dict[str, Any] | None = None
+
+
+def _exit_code_of(exc: BaseException) -> ExitCode:
+    return exc.exit_code if isinstance(exc, AdapterError) else ExitCode.FATAL
+
+
 async def sweep_command(
     args: argparse.Namespace,
     trial: Trial,
@@ -54,16 +68,15 @@ async def sweep_command(
     """
     out_base = site.out_dir or Path("out")
     out_dir: Path = args.out or run_out_dir(out_base, trial.id, args.run_id)
-    ended: dict[str, Any] = {}
+    run = _Run()
     try:
         code = await _recorded_sweep(
-            args, trial, as_of, out_dir, site=site, state_dir=state_dir, say=say, ended=ended
+            args, trial, as_of, out_dir, out_base, run, site, state_dir, say
         )
     except BaseException as exc:
-        failed = exc.exit_code if isinstance(exc, AdapterError) else ExitCode.FATAL
-        await _notify(args, site, trial, as_of, int(failed), ended.get("doc"), out_dir)
+        await _notify(args, site, trial, as_of, _exit_code_of(exc), run.doc, out_dir)
         raise
-    await _notify(args, site, trial, as_of, int(code), ended.get("doc"), out_dir)
+    await _notify(args, site, trial, as_of, code, run.doc, out_dir)
     return code
 
 
@@ -97,11 +110,11 @@ async def _recorded_sweep(
     trial: Trial,
     as_of: date,
     out_dir: Path,
-    *,
+    out_base: Path,
+    run: _Run,
     site: SiteConfig,
     state_dir: Path,
     say: Say,
-    ended: dict[str, Any],
 ) -> ExitCode:
     started = datetime.now().astimezone()
     # Every output place before the first request: not found after the whole sweep.
@@ -118,30 +131,27 @@ async def _recorded_sweep(
             started=started,
             dry_run=args.dry_run,
         )
-        swept: list[SweepResult] = []
         try:
-            doc, writes = await _sweep_run(
-                args, trial, as_of, out_dir, ledger, started, swept, site=site, say=say
+            writes = await _sweep_run(
+                args, trial, as_of, out_dir, out_base, ledger, started, run, site=site, say=say
             )
-            ended["doc"] = doc
         except BaseException as exc:
-            code = exc.exit_code if isinstance(exc, AdapterError) else ExitCode.FATAL
             try:
-                _finish(ledger, args.run_id, code, swept)
+                _finish(ledger, args.run_id, _exit_code_of(exc), run.result)
             except OutputError as again:
                 log.warning("the run ledger could not record the failure: %s", again)
             raise
-        (result,) = swept
-        code = ExitCode.PARTIAL if result.partial else ExitCode.OK
-        _finish(ledger, args.run_id, code, swept)
-    ended["doc"] = doc
-    _print_summary(result, doc, out_dir, writes)
+        # both set by a completed _sweep_run
+        assert run.result is not None
+        assert run.doc is not None
+        code = ExitCode.PARTIAL if run.result.partial else ExitCode.OK
+        _finish(ledger, args.run_id, code, run.result)
+    _print_summary(run.result, run.doc, out_dir, writes)
     return code
 
 
-def _finish(ledger: Ledger, run_id: str, code: ExitCode, swept: list[SweepResult]) -> None:
+def _finish(ledger: Ledger, run_id: str, code: ExitCode, result: SweepResult | None) -> None:
     """End the run in the ledger: its patients' states when it got as far as verdicts."""
-    result = swept[0] if swept else None
     ledger.finish_run(
         run_id,
         finished=datetime.now().astimezone(),
@@ -156,15 +166,16 @@ async def _sweep_run(
     trial: Trial,
     as_of: date,
     out_dir: Path,
+    out_base: Path,
     ledger: Ledger,
     started: datetime,
-    swept: list[SweepResult],
+    run: _Run,
     *,
     site: SiteConfig,
     say: Say,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """The sweep, its reports and the sink; the SweepResult is put in `swept` once there is one,
-    for the ledger however this ends."""
+) -> dict[str, str]:
+    """The sweep, its reports and the sink; `run` holds the SweepResult once there is one and
+    the last report written, for the ledger and the notification however this ends."""
     tracker = choose_progress(sys.stderr, quiet=args.quiet, term=os.environ.get("TERM"))
     try:
         async with open_source(
@@ -183,11 +194,11 @@ async def _sweep_run(
         raise
     finally:
         tracker.done()  # a bar left running by a failed read would outlive the error line
-    swept.append(result)
+    run.result = result
     writes: dict[str, str] = {}
     sinking = bool(args.sink) and not args.dry_run
 
-    def report(status: str | None, error: str | None = None) -> dict[str, Any]:
+    def report(status: str | None, error: str | None = None) -> None:
         doc = sweep_json(
             result,
             sink=args.sink and _sink_label(args.sink),
@@ -203,7 +214,7 @@ async def _sweep_run(
         doc = meta | with_changes(doc, changes)
         write_reports(out_dir, doc)
         write_report_html(out_dir, render_report(doc, **layout))
-        return doc
+        run.doc = doc
 
     # Jinja2 only once a sweep has verdicts: `--version`, `runs` and bad arguments start faster.
     from adapter.report.html import layout_of, render_report, write_report_html
@@ -212,7 +223,7 @@ async def _sweep_run(
     # The results first, so a sink that fails cannot take them with it; rewritten after.
     report("started")
     if args.out is None:
-        point_latest(site.out_dir or Path("out"), trial.id, out_dir)
+        point_latest(out_base, trial.id, out_dir)
     try:
         await deliver(
             args.sink,
@@ -234,7 +245,8 @@ async def _sweep_run(
             except OutputError as again:
                 log.warning("results.json could not record the sink failure: %s", again)
         raise
-    return report("complete"), writes
+    report("complete")
+    return writes
 
 
 def failure_line(exc: BaseException) -> str:
