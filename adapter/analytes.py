@@ -68,6 +68,8 @@ class Analyte:
     bounds_origin: str | None = None
     #: a site's default ULNs by sex and age, tried in order before `default_uln`
     uln_bands: tuple[UlnBand, ...] = ()
+    #: Observation category tokens its Observations carry (per-patient reads by category)
+    categories: tuple[str, ...] = ()
 
     def plausible(self, value: float) -> bool:
         """Within the bounds; a negative value is never plausible (trial-spec v2)."""

@@ -7,9 +7,9 @@ is `adapter.site_mappings`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 class Strict(BaseModel):
@@ -61,6 +61,10 @@ class Bounds(Strict):
         return self
 
 
+#: a search token for Observation.category: a code, or `system|code`
+CategoryToken = Annotated[str, StringConstraints(pattern=r"^([^|\s]+\|)?[A-Za-z0-9\-._]{1,64}$")]
+
+
 class AnalyteModel(Strict):
     name: str
     unit: str
@@ -74,6 +78,9 @@ class AnalyteModel(Strict):
     panels: dict[str, list[str]] = {}
     #: plausibility bounds in `unit` (trial-spec v2): outside them a value is unusable
     plausible: Bounds | None = None
+    #: Observation category tokens (`laboratory`, `vital-signs`, or `system|code`) this analyte's
+    #: Observations carry: what a per-patient read searches by where `code` is no filter
+    categories: list[CategoryToken] = []
 
 
 #: the fields of an analyte that hold one value (overridden by a site), the rest are code lists
@@ -136,6 +143,7 @@ class AnalytePatch(Strict):
     value_codes: dict[str, list[str]] = {}
     panels: dict[str, list[str]] = {}
     plausible: BoundsPatch | None = None
+    categories: list[CategoryToken] = []
     replace: bool = False
 
 

@@ -119,6 +119,14 @@ class Trial:
             codes.update(analyte.panel_codes)
         return frozenset(codes)
 
+    def observation_categories(self) -> frozenset[str]:
+        """The Observation categories the needed analytes name (per-patient reads, issue 13)."""
+        return frozenset(c for n in self.needed_analytes() for c in self.analytes[n].categories)
+
+    def uncategorised_analytes(self) -> frozenset[str]:
+        """The needed analytes that name no category: a search by category cannot reach them."""
+        return frozenset(n for n in self.needed_analytes() if not self.analytes[n].categories)
+
     def cohort_tokens(self) -> frozenset[Coding]:
         tokens: set[Coding] = set()
         for cs in self.cohort:
@@ -243,6 +251,7 @@ def load_trial(
             )
         value_codes: set[Coding] = set()
         panel_codes: set[Coding] = set()
+        categories: dict[str, None] = {}
         codes: dict[Coding, float | None] = {}
         origins: dict[Coding, str] = {}
         for layer in folded.layers:
@@ -250,6 +259,7 @@ def load_trial(
             file, base = layer.file, layer.loc
             value_codes.update(codings(model.value_codes, "value_codes", file, base))
             panel_codes.update(codings(model.panels, "panels", file, base))
+            categories.update(dict.fromkeys(model.categories))
             found: dict[Coding, float | None] = dict.fromkeys(
                 codings(model.codes, "codes", file, base)
             )
@@ -276,6 +286,7 @@ def load_trial(
             uln_origin=maps.label(folded.uln_file) if folded.uln_file else None,
             bounds_origin=maps.label(folded.bounds_file) if folded.bounds_file else None,
             uln_bands=_bands(bands, maps.label(bands.file)) if bands else (),
+            categories=tuple(categories),
         )
     other_trials: set[str] | None = None
     for lc_layer in maps.local_codes:
