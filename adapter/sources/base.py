@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapter.facts.model import Coding
@@ -25,6 +25,12 @@ class Query:
     resource_type: str
     codes: frozenset[Coding] | None = None
     patients: frozenset[str] | None = None
+    #: Observation category tokens (`laboratory`, `vital-signs`) the analyte mappings name for
+    #: the codes: a per-patient read searches by them where the server's `code` is no filter
+    #: (issue 13); never sent where `code` works, as Observations without a category count too
+    categories: frozenset[str] | None = None
+    #: the needed analytes that name no category: a search by category cannot reach them
+    uncategorised: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,22 @@ class UnreadableItem:
     patient: str | None
 
 
+@dataclass(slots=True)
+class ReadNotes:
+    """How a source read, for the run's log and results.json (issue 13): never patient data.
+
+    `mode`: `files`, `batch` (searches name many patients) or `per-patient` (one each).
+    `switched`: the server refused a multi-patient search, and the rest of the run went
+    per-patient. `unreached`: what the mode cannot reach, in words (Observations without one of
+    the categories searched, analytes no category names).
+    """
+
+    mode: str = "files"
+    profile: str | None = None
+    switched: bool = False
+    unreached: list[str] = field(default_factory=list)
+
+
 class Source(Protocol):
     """A place resources come from. Implementations: FolderSource, RestSource.
 
@@ -53,11 +75,23 @@ class Source(Protocol):
 
     foreign: Counter[str]
     unreadable: list[UnreadableItem]
+    reads: ReadNotes
 
     def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Resources of `query.resource_type` for `query.patients`, references made relative.
 
         A type the source lacks, or a search that fails, raises: it is never an empty answer.
+        """
+        ...
+
+    async def group(self, group_id: str) -> Resource | None:
+        """The Group `group_id` whole, references made relative; None when there is none."""
+        ...
+
+    def patients_by_identifier(self, tokens: Sequence[tuple[str, str]]) -> AsyncIterator[Resource]:
+        """The Patients carrying any of the identifiers `(system, value)`, each once.
+
+        An empty system matches an identifier without one (R4 token search `|value`).
         """
         ...
 
@@ -123,3 +157,15 @@ def _patient_id_from_reference(text: str) -> str | None:
         if parts[i] == "Patient" and parts[i + 1]:
             return parts[i + 1]
     return None
+
+
+def identifier_pairs(patient: Resource) -> Iterator[tuple[str, str]]:
+    """`(system, value)` of each of the resource's identifiers; `""` for an absent system."""
+    identifiers = patient.get("identifier")
+    for identifier in identifiers if isinstance(identifiers, list) else ():
+        if not isinstance(identifier, dict):
+            continue
+        system = identifier.get("system") or ""
+        value = identifier.get("value")
+        if isinstance(system, str) and isinstance(value, str):
+            yield system, value

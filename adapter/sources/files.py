@@ -23,10 +23,17 @@ cannot be read, corrupt or truncated gzip.
 One unreadable line is not a missing file (issue 11): a line that is not JSON, not valid UTF-8 or
 not an object, and a JSON file that does not parse, is skipped and recorded once in `unreadable`
 (file and line, never the content), with the Patient its bytes surely name
-(`adapter.sources.unreadable`); the sweep decides what that means for the run. A line the patient
-pre-check drops unparsed (`_may_belong`: it names other patients only) is not recorded, as it
-cannot be a wanted patient's; every line is parsed when the query names no patients, as the
-cohort's Condition search does.
+(`adapter.sources.unreadable`); the sweep decides what that means for the run. A line the
+patient pre-check drops unparsed (`adapter.sources.prechecks`: it names other patients only) is
+not recorded, as it cannot be a wanted patient's; every line is parsed when the query names no
+patients, as the cohort's Condition search does.
+
+Cohorts without a Condition search (issue 13, `adapter.cohorts`): `group` reads the Group with
+the id from the `Group*.ndjson` files and the JSON files (Bundle references made relative as for
+any resource); several different Groups with the id fail with `IncompleteInputError`, as does an
+absent one when an unreadable Group line may be it. `patients_by_identifier` reads the Patient
+files as the Patient fetch does, and skips unparsed the NDJSON lines whose bytes cannot hold a
+wanted identifier value.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 import orjson
@@ -46,12 +53,14 @@ import orjson
 from adapter.errors import IncompleteInputError, SourcePathError
 from adapter.sources.base import (
     Query,
+    ReadNotes,
     Resource,
     UnreadableItem,
     count_foreign,
     is_foreign,
     patient_id_of,
 )
+from adapter.sources.prechecks import Precheck, carries, identifier_precheck, may_belong, prefilter
 from adapter.sources.unreadable import parse_line, patient_named_by, record, unreadable_reason
 
 if TYPE_CHECKING:
@@ -63,10 +72,6 @@ _LINES_PER_TURN = 1000
 # gzip's own 8 KiB reads make line iteration about a third slower than 1 MiB ones.
 _BUFFER = 1 << 20
 _BOM = b"\xef\xbb\xbf"
-_QUOTE = ord('"')
-# The FHIR R4 `id` datatype; the bytes pre-check below is exact only for ids of this form.
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_ABSOLUTE_REFERENCE = re.compile(rb'"reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
 
 # Resources, and None where the event loop gets a turn. One at a time, not in lists: a list of
 # a thousand parsed resources outlives the young GC generation and made reading 2.5 times slower.
@@ -100,6 +105,7 @@ class FolderSource:
         self._unreadable_seen: set[tuple[str, int]] = set()
         self._files = _list_files(path)
         self._running: set[_Stream] = set()
+        self.reads = ReadNotes(mode="files")
 
     async def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Every resource of `query.resource_type` for `query.patients`, files in name order."""
@@ -117,13 +123,84 @@ class FolderSource:
             stream.close()
             self._running.discard(stream)
 
+    async def group(self, group_id: str) -> Resource | None:
+        """The Group `group_id`, None when the folder holds none (see the module docstring)."""
+        if not self._files:
+            raise IncompleteInputError(
+                f"{self.path}: no FHIR files in the folder (*.ndjson, *.ndjson.gz, *.json)"
+            )
+        found: list[Resource] = []
+        unreadable = 0
+        for file in self._files:
+            if file.ndjson_type is None:
+                resources, _ = self._read_json(file.path, Query("Group"))
+                found += [r for r in resources if r.get("id") == group_id]
+                await asyncio.sleep(0)
+            elif file.ndjson_type == "Group":
+                for number, line in enumerate(_lines(file.path), 1):
+                    if number % _LINES_PER_TURN == 0:
+                        await asyncio.sleep(0)
+                    if number == 1 and line.startswith(_BOM):
+                        line = line[len(_BOM) :]
+                    if line.isspace() or not line:
+                        continue
+                    resource = parse_line(line)
+                    if isinstance(resource, str):
+                        # It may be this Group, or hold a member: nobody's data is sure whole.
+                        unreadable += 1
+                        item = UnreadableItem(_shown(file.path), number, resource, None)
+                        record(self.unreadable, self._unreadable_seen, item)
+                    elif resource.get("resourceType") != "Group":
+                        self.skipped[f"{file.path.name}: resourceType is not Group"] += 1
+                    elif resource.get("id") == group_id:
+                        found.append(resource)
+        copies = {orjson.dumps(g, option=orjson.OPT_SORT_KEYS) for g in found}
+        if len(copies) > 1:
+            # Which one is the registry is not ours to guess (an old export beside a new one?).
+            raise IncompleteInputError(
+                f"{self.path}: {len(copies)} different Groups with the id {group_id}; "
+                "keep one in the folder"
+            )
+        if not found and unreadable:
+            raise IncompleteInputError(
+                f"{self.path}: no readable Group {group_id}, and {unreadable} unreadable lines "
+                "in the Group files may hold it"
+            )
+        return found[0] if found else None
+
+    async def patients_by_identifier(
+        self, tokens: Sequence[tuple[str, str]]
+    ) -> AsyncIterator[Resource]:
+        """The Patients carrying any identifier `(system, value)`, each once (`""`: no system).
+
+        Read as the Patient fetch reads them (a folder without Patients fails the same way).
+        """
+        pairs = frozenset(tokens)
+        if not pairs:
+            return
+        stream = self._stream(Query("Patient"), precheck=identifier_precheck(pairs))
+        self._running.add(stream)
+        seen: set[str] = set()
+        try:
+            for resource in stream:
+                if resource is None:
+                    await asyncio.sleep(0)
+                    continue
+                rid = resource.get("id")
+                if isinstance(rid, str) and rid not in seen and carries(resource, pairs):
+                    seen.add(rid)
+                    yield resource
+        finally:
+            stream.close()
+            self._running.discard(stream)
+
     async def aclose(self) -> None:
         """End unfinished fetches, closing their files."""
         for stream in list(self._running):
             stream.close()
         self._running.clear()
 
-    def _stream(self, query: Query) -> _Stream:
+    def _stream(self, query: Query, precheck: Precheck | None = None) -> _Stream:
         kind = query.resource_type
         if not self._files:
             raise IncompleteInputError(
@@ -138,18 +215,23 @@ class FolderSource:
                 yield from resources
                 yield None
             elif file.ndjson_type == kind:
-                present += yield from self._read_ndjson(file.path, query)
+                present += yield from self._read_ndjson(file.path, query, precheck)
         if not present:
             where = f"no {kind}.ndjson file"
             if any(f.ndjson_type is None for f in self._files):
                 where += " and none in the JSON files"
             raise IncompleteInputError(f"{self.path}: no {kind} resources ({where})")
 
-    def _read_ndjson(self, path: Path, query: Query) -> Generator[Resource | None, None, int]:
-        """The file's resources; returns how many lines of the type it holds (0: fails)."""
+    def _read_ndjson(
+        self, path: Path, query: Query, precheck: Precheck | None = None
+    ) -> Generator[Resource | None, None, int]:
+        """The file's resources; returns how many lines of the type it holds (0: fails).
+
+        A line `precheck` says cannot be wanted is skipped unparsed, as `may_belong` does.
+        """
         resource_type = query.resource_type
         wanted = query.patients
-        prefilter = _prefilter(query)
+        wanted_bytes = prefilter(query)
         present = unreadable = 0
         shown: str | None = None
         # Lines are pre-checked only once one has been parsed as the type: a file holding only
@@ -162,9 +244,12 @@ class FolderSource:
                 line = line[len(_BOM) :]
             if line.isspace() or not line:
                 continue
-            if prefilter is not None and confirmed and not _may_belong(line, prefilter):
+            if wanted_bytes is not None and confirmed and not may_belong(line, wanted_bytes):
                 present += 1
                 self.other_patients[resource_type] += 1
+                continue
+            if precheck is not None and confirmed and not precheck(line):
+                present += 1
                 continue
             resource = parse_line(line)
             if isinstance(resource, str):
@@ -307,49 +392,6 @@ def _parse_document(path: Path) -> Any:
     except orjson.JSONDecodeError as exc:
         # The exception is dropped: its `doc` holds the whole file, patient data included.
         return UnreadableItem(_shown(path), exc.lineno, unreadable_reason(exc), None)
-
-
-def _prefilter(query: Query) -> frozenset[bytes] | None:
-    """The wanted Patient ids as bytes, when a line can be dropped before it is parsed."""
-    if query.patients is None or query.resource_type == "Patient":
-        return None
-    if not all(_FHIR_ID.fullmatch(pid) for pid in query.patients):
-        return None
-    return frozenset(pid.encode() for pid in query.patients)
-
-
-def _may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
-    """False only when the line cannot be of a wanted Patient: then it need not be parsed.
-
-    A reference that `patient_id_of` reads as a wanted id appears in the raw line as
-    `Patient/<id>` followed by `"` or `/`, unless JSON escapes spell it (`\\/`, `\\u0050`): those
-    lines go on to the parse, and so does anything not shaped like one whole object, so that a
-    truncated line is still recorded as unreadable, and so does an absolute reference
-    (`.../Patient/<id>`, `urn:uuid:...`), so that it is counted in `foreign`, and so does a line
-    naming no Patient at all: its subject may be a wanted patient's reference garbled by the same
-    damage that makes the line unreadable (a byte of `Patient/` changed), which only a parse
-    records. Parsing confirms every line let through.
-    """
-    if not line.startswith(b"{") or not line.rstrip().endswith(b"}"):
-        return True
-    # memchr first: most lines hold no backslash, and the two-byte searches cost more.
-    if b"\\" in line and (b"\\/" in line or b"\\u" in line):
-        return True
-    start = line.find(b"Patient/")
-    if start == -1:
-        return True
-    while start != -1:
-        if start and line[start - 1] != _QUOTE:
-            # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
-            return True
-        start += len(b"Patient/")
-        end = line.find(b'"', start)
-        if line[start:end].split(b"/", 1)[0] in wanted:
-            return True
-        start = line.find(b"Patient/", start)
-    # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
-    # beside it, which may be the subject: parsed, so that it is counted too.
-    return _ABSOLUTE_REFERENCE.search(line) is not None
 
 
 def _id_from_full_url(full_url: str) -> str:

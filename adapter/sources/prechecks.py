@@ -1,0 +1,99 @@
+"""Tests on raw NDJSON lines that let the folder source skip a line without parsing it.
+
+Each answers False only when the line surely cannot be wanted; every line let through is parsed
+and checked again, so a test may let through more than it must, never less.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import orjson
+
+from adapter.sources.base import Query, Resource, identifier_pairs
+
+_QUOTE = ord('"')
+# The FHIR R4 `id` datatype; the bytes pre-check below is exact only for ids of this form.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ABSOLUTE_REFERENCE = re.compile(rb'"reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
+#: past this many identifier values, one `in` search per value per line costs more than parsing
+VALUES_PRECHECKED = 32
+
+#: a test on a raw NDJSON line: False only when the line cannot be wanted
+Precheck = Callable[[bytes], bool]
+
+
+def prefilter(query: Query) -> frozenset[bytes] | None:
+    """The wanted Patient ids as bytes, when a line can be dropped before it is parsed."""
+    if query.patients is None or query.resource_type == "Patient":
+        return None
+    if not all(_FHIR_ID.fullmatch(pid) for pid in query.patients):
+        return None
+    return frozenset(pid.encode() for pid in query.patients)
+
+
+def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
+    """False only when the line cannot be of a wanted Patient: then it need not be parsed.
+
+    A reference that `patient_id_of` reads as a wanted id appears in the raw line as
+    `Patient/<id>` followed by `"` or `/`, unless JSON escapes spell it (`\\/`, `\\u0050`): those
+    lines go on to the parse, and so does anything not shaped like one whole object, so that a
+    truncated line is still recorded as unreadable, and so does an absolute reference
+    (`.../Patient/<id>`, `urn:uuid:...`), so that it is counted in `foreign`, and so does a line
+    naming no Patient at all: its subject may be a wanted patient's reference garbled by the same
+    damage that makes the line unreadable (a byte of `Patient/` changed), which only a parse
+    records. Parsing confirms every line let through.
+    """
+    if not line.startswith(b"{") or not line.rstrip().endswith(b"}"):
+        return True
+    # memchr first: most lines hold no backslash, and the two-byte searches cost more.
+    if b"\\" in line and (b"\\/" in line or b"\\u" in line):
+        return True
+    start = line.find(b"Patient/")
+    if start == -1:
+        return True
+    while start != -1:
+        if start and line[start - 1] != _QUOTE:
+            # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
+            return True
+        start += len(b"Patient/")
+        end = line.find(b'"', start)
+        if line[start:end].split(b"/", 1)[0] in wanted:
+            return True
+        start = line.find(b"Patient/", start)
+    # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
+    # beside it, which may be the subject: parsed, so that it is counted too.
+    return _ABSOLUTE_REFERENCE.search(line) is not None
+
+
+def identifier_precheck(pairs: frozenset[tuple[str, str]]) -> Precheck | None:
+    """A line test for `patients_by_identifier`, or None when every line is to be parsed.
+
+    Without a backslash, every JSON string in a line is spelt out in its UTF-8 bytes, so a line
+    that holds none of the values' bytes carries none of the identifiers. A line with one (any
+    escape, `\\u00c9`, `\\/`) is parsed, and so is one not shaped like one whole object, so that
+    a truncated line is still recorded as unreadable. A damaged line without the values is left
+    unrecorded here: if the damage hit a wanted value, its cohort line is reported unresolved, and
+    a Patient fetch parses (and records) every line. Past `VALUES_PRECHECKED` values,
+    parsing is cheaper.
+    """
+    if len({value for _, value in pairs}) > VALUES_PRECHECKED:
+        return None
+    try:
+        # orjson writes what must be escaped with a backslash: such a value needs the parse.
+        needles = tuple({orjson.dumps(value)[1:-1] for _, value in pairs})
+    except orjson.JSONEncodeError:  # a lone surrogate: no UTF-8 spelling to look for
+        return None
+
+    def may_carry(line: bytes) -> bool:
+        if not line.startswith(b"{") or not line.rstrip().endswith(b"}") or b"\\" in line:
+            return True
+        return any(needle in line for needle in needles)
+
+    return may_carry
+
+
+def carries(patient: Resource, pairs: frozenset[tuple[str, str]]) -> bool:
+    """Whether one of the Patient's identifiers is exactly a pair (`""`: no system)."""
+    return any(pair in pairs for pair in identifier_pairs(patient))
