@@ -1,186 +1,108 @@
-"""Resources from a FHIR server's search API: batched by patient, paged, de-duplicated, uncapped.
+"""Resources from a FHIR server's search API: by patient batch or one patient at a time, paged,
+de-duplicated, uncapped.
+
+Two read modes (issue 13), chosen by the server profile (adapter/servers.py) or the site:
+`batch` searches many patients at once (`patient=a,b,c`; HAPI, sekmet, Medplum), `per-patient`
+names one patient in each search, the form US Core requires of every server (Epic and Oracle
+Health take no other): see adapter/sources/per_patient.py. Different patients' searches run
+concurrently there, within the client's `Limits.max_concurrent`, and come out in patient-id
+order, so runs are reproducible. A batch search for several patients answered 400, or with an
+OperationOutcome `not-supported`, switches the source to per-patient for the rest of the run
+(logged once at warning; `reads.switched`), and that search is made again patient by patient.
 
 Servers cap the results of one search silently (HAPI's public server ends the next links at
-10,000), so a batch's first page is read first and its `total` (or, when it has none but has a
+10,000), so a search's first page is read first and its `total` (or, when it has none but has a
 next link, a `_summary=count`) decides whether to split it in halves while it would reach
 `result_cap`; a search that still comes back capped, or with fewer results than its `total`, is
 split and searched again (what it already gave is not yielded twice). What cannot be split
 further raises: a tail is never lost.
+
+A search carrying a parameter the profile lists as a post-filter (Epic's Observation `code`) is
+filtered after the server has paged it: its `total` counts the unfiltered results and its pages
+may hold fewer entries than `_count`. Its total is therefore neither a reason to split it nor
+proof of a cut, and no `_summary=count` is asked; only when no total comes is a result set that
+reaches the cap taken as cut.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from adapter.errors import FhirError, HttpStatusError, InvalidResponseError, PatientError
+from adapter.errors import FhirError, HttpStatusError, InvalidResponseError, UsageError
 from adapter.fhir.paging import SearchStats, bundle_total, iter_pages
-from adapter.sources.base import count_foreign, is_foreign
+from adapter.servers import GENERIC, READ_MODES
+from adapter.sources.base import ReadNotes, count_foreign, is_foreign
+from adapter.sources.ordered import ordered_map
+from adapter.sources.per_patient import (
+    SWITCH_MESSAGE,
+    PatientPlan,
+    RefusedBatch,
+    needs_patient,
+    read_or_none,
+    refuses_many,
+)
+from adapter.sources.searches import (
+    FACT_ELEMENTS,
+    PATIENT_PARAM,
+    Search,
+    checked_ids,
+    code_token,
+    identifier_token,
+    is_fhir_id,
+    patient_param,
+    plan,
+    search_for,
+    search_params,
+    unreached,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
-    from adapter.facts.model import Coding
     from adapter.fhir.capability import ServerCapabilities
     from adapter.fhir.client import FhirClient, JsonObject
     from adapter.fhir.paging import ResourceKey
     from adapter.fhir.urls import ServerBase
+    from adapter.servers import ReadMode, ServerProfile
     from adapter.sources.base import Query, Resource, UnreadableItem
 
-# The search parameter that selects by patient, per resource type; `patient=123` (a bare id) is
-# valid for reference parameters (R4 search, "reference").
-PATIENT_PARAM = {
-    "Patient": "_id",
-    "Observation": "patient",
-    "Condition": "patient",
-    "Procedure": "patient",
-}
+__all__ = [
+    "FACT_ELEMENTS",
+    "PATIENT_PARAM",
+    "RESULT_CAP",
+    "RestSource",
+    "Search",
+    "code_token",
+    "is_fhir_id",
+    "plan",
+    "search_params",
+]
 
-# What adapter/facts/extract.py (and sources.base.patient_id_of) read, as `_elements` names.
-# Choice types are named twice: R4 3.1.1.5.9 asks for base names (`effective`), but some servers
-# (sekmet-fhir 0.1.1) match only the JSON names (`effectiveDateTime`); each ignores the other
-# form. Mandatory elements come back anyway; `meta` carries the versionId the reports cite.
-FACT_ELEMENTS: Mapping[str, tuple[str, ...]] = {
-    "Patient": (
-        *("meta", "identifier", "name", "gender", "birthDate", "extension"),
-        *("deceased", "deceasedBoolean", "deceasedDateTime"),
-    ),
-    "Condition": (
-        *("meta", "subject", "code", "clinicalStatus", "verificationStatus"),
-        *("onset", "onsetDateTime", "onsetPeriod", "recordedDate", "stage"),
-        *("abatement", "abatementDateTime", "abatementPeriod", "abatementAge"),
-        *("abatementRange", "abatementString", "abatementBoolean"),
-    ),
-    "Procedure": (
-        *("meta", "subject", "status", "code"),
-        *("performed", "performedDateTime", "performedPeriod"),
-    ),
-    "Observation": (
-        *("meta", "subject", "status", "code", "issued"),
-        *("effective", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
-        *("value", "valueQuantity", "valueInteger", "valueCodeableConcept"),
-        *("dataAbsentReason", "referenceRange", "component"),
-    ),
-}
+log = logging.getLogger(__name__)
 
 RESULT_CAP = 10_000
 
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-# R4 search, "Escaping Search Parameters": these are escaped with a backslash inside a value.
-_SEARCH_SPECIALS = re.compile(r"([\\,|$])")
 _ELEMENT_NAME = re.compile(r"[a-z][A-Za-z0-9]{0,63}")
-
-
-def is_fhir_id(text: str) -> bool:
-    """Whether `text` is a valid FHIR resource id (R4 `id` datatype)."""
-    return _FHIR_ID.fullmatch(text) is not None
-
-
-def code_token(coding: Coding) -> str:
-    """`system|code`, escaped; just `code` (any system, so never fewer matches) without a system."""
-    code = _escape(coding.code)
-    return f"{_escape(coding.system)}|{code}" if coding.system else code
-
-
-def _escape(value: str) -> str:
-    return _SEARCH_SPECIALS.sub(r"\\\1", value)
-
-
-@dataclass(frozen=True, slots=True)
-class Search:
-    """One search of a query: a batch of patients (None: all) and the code tokens (None: any)."""
-
-    resource_type: str
-    patient_param: str
-    patients: tuple[str, ...] | None
-    codes: tuple[str, ...] | None
-
-    def selection(self) -> list[tuple[str, str]]:
-        """The parameters that choose the resources: patients, then codes."""
-        out: list[tuple[str, str]] = []
-        if self.patients is not None:
-            out.append((self.patient_param, ",".join(self.patients)))
-        if self.codes is not None:
-            out.append(("code", ",".join(self.codes)))
-        return out
-
-    def halves(self) -> tuple[Search, Search] | None:
-        """Two searches that together select the same: by patients first, then by codes."""
-        if self.patients is not None and len(self.patients) > 1:
-            mid = len(self.patients) // 2
-            return (
-                Search(self.resource_type, self.patient_param, self.patients[:mid], self.codes),
-                Search(self.resource_type, self.patient_param, self.patients[mid:], self.codes),
-            )
-        if self.codes is not None and len(self.codes) > 1:
-            mid = len(self.codes) // 2
-            return (
-                Search(self.resource_type, self.patient_param, self.patients, self.codes[:mid]),
-                Search(self.resource_type, self.patient_param, self.patients, self.codes[mid:]),
-            )
-        return None
-
-    def what(self) -> str:
-        """The search in words, for messages: no ids, no codes."""
-        who = "every patient" if self.patients is None else _plural(len(self.patients), "patient")
-        codes = "any code" if self.codes is None else _plural(len(self.codes), "code")
-        return f"the {self.resource_type} search for {who} and {codes}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def plan(query: Query, *, batch_size: int) -> list[Search]:
-    """The searches that answer `query`, in a reproducible order.
-
-    One per batch of patients (ids sorted), or one over every patient when `patients` is None; none
-    when `patients` or `codes` is an empty set, since nothing can match.
-    """
-    param = PATIENT_PARAM.get(query.resource_type)
-    if param is None:
-        raise ValueError(f"RestSource cannot search {query.resource_type!r}")
-    if query.codes is not None and query.resource_type == "Patient":
-        raise ValueError("a Patient search takes no codes")
-    codes = None
-    if query.codes is not None:
-        if not query.codes:
-            return []
-        codes = tuple(sorted(code_token(c) for c in query.codes))
-    if query.patients is None:
-        return [Search(query.resource_type, param, None, codes)]
-    ids = sorted(query.patients)
-    for pid in ids:
-        if not is_fhir_id(pid):
-            # The id stays out of the message (it is patient data), and out of every URL.
-            raise PatientError(pid[:64], "not a valid FHIR id; refusing to put it in a search URL")
-    return [
-        Search(query.resource_type, param, tuple(ids[i : i + batch_size]), codes)
-        for i in range(0, len(ids), batch_size)
-    ]
-
-
-def search_params(query: Query, *, batch_size: int, page_size: int) -> list[list[tuple[str, str]]]:
-    """The parameter lists of `plan(query)`, each with `_count`: pure, for tests and logs."""
-    return [
-        [*search.selection(), ("_count", str(page_size))]
-        for search in plan(query, batch_size=batch_size)
-    ]
 
 
 class RestSource:
     """A `Source` over a FHIR server's search API, through an injected `FhirClient`.
 
-    Searches whose URL would pass `max_url_length` go as `POST [type]/_search` instead: many
-    servers and proxies refuse URLs over about 2,000 characters. `result_cap` is the most results
-    the server returns for one search (None: no cap); with `count_first` a first page with no
-    total but a next link is counted (`_summary=count`) before the rest is read. `elements`
-    (e.g. `FACT_ELEMENTS`) names the fields to ask for per
-    resource type, sent as `_elements` only when `capabilities` saw the server honour it.
-    Resources whose subject is another server's patient are left out and counted in `foreign`.
+    `profile` says what the server requires of a search (adapter/servers.py); `read` chooses
+    `batch` or `per-patient` (None: the profile's). Searches whose URL would pass
+    `max_url_length` go as `POST [type]/_search` instead: many servers and proxies refuse URLs
+    over about 2,000 characters. `result_cap` is the most results the server returns for one
+    search (None: no cap); with `count_first` a first page with no total but a next link is
+    counted (`_summary=count`) before the rest is read. `page_size` is lowered to the profile's
+    largest `_count`. `elements` (e.g. `FACT_ELEMENTS`) names the fields to ask for per
+    resource type, sent as `_elements` only when the profile allows it and `capabilities` saw
+    the server honour it. Resources whose subject is another server's patient are left out and
+    counted in `foreign`; `reads` says how the source read (mode, switch, what was unreached).
     """
 
     def __init__(
@@ -194,49 +116,209 @@ class RestSource:
         count_first: bool = True,
         elements: Mapping[str, Sequence[str]] | None = None,
         capabilities: ServerCapabilities | None = None,
+        profile: ServerProfile = GENERIC,
+        read: ReadMode | None = None,
     ) -> None:
         if min(batch_size, page_size, max_url_length) < 1:
             raise ValueError("batch_size, page_size and max_url_length must be positive")
         if result_cap is not None and result_cap < 1:
             raise ValueError("result_cap must be positive, or None for no cap")
+        mode = profile.read if read is None else read
+        if mode not in READ_MODES:
+            raise ValueError(f"not a read mode: {mode!r}")
         for kind, names in (elements or {}).items():
             bad = [n for n in names if not _ELEMENT_NAME.fullmatch(n)]
             if bad or isinstance(names, str):
                 raise ValueError(f"not a list of element names for {kind}: {names!r}")
         self.client = client
+        self.profile = profile
         self.batch_size = batch_size
-        self.page_size = page_size
+        self.page_size = profile.page_size(page_size)
         self.max_url_length = max_url_length
         self.result_cap = result_cap
         self.count_first = count_first
-        use_elements = capabilities is not None and capabilities.supports_elements
+        use_elements = (
+            profile.elements and capabilities is not None and capabilities.supports_elements
+        )
         self.elements: Mapping[str, tuple[str, ...]] = (
             {k: tuple(v) for k, v in elements.items() if v} if elements and use_elements else {}
         )
+        #: patients searched at once in per-patient mode: as many as the client's exchanges
+        self.concurrency = client.limiter.limits.max_concurrent
         self._counts_work = True
+        self.reads = ReadNotes(mode=mode, profile=profile.name)
         self.foreign: Counter[str] = Counter()
         self._foreign_seen: set[tuple[str, str]] = set()
         # A page is parsed whole or its search fails: nothing is ever skipped as unreadable.
         self.unreadable: list[UnreadableItem] = []
 
-    async def fetch(self, query: Query) -> AsyncIterator[Resource]:
-        """Resources of `query.resource_type`, each once, references to the base made relative."""
-        # One set for the whole fetch: a capped search is searched again in halves, and the
-        # resources it already gave must not come twice.
+    async def fetch(self, query: Query) -> AsyncGenerator[Resource, None]:
+        """Resources of `query.resource_type`, each once, references to the base made relative.
+
+        A search of every patient (`patients` None) is one server-wide search in either mode; on
+        a server that requires a patient it is a ConfigError (exit 2) before any request.
+        """
+        kind = query.resource_type
+        patient_param(kind)  # a type the source cannot search is a ValueError
+        if query.patients is None and "patient" in self.profile.rules(kind).required:
+            raise needs_patient(self.profile, kind)
+        # One set for the whole fetch: a capped search is searched again in halves, a refused
+        # batch patient by patient, and what came already must not come twice.
         seen: set[ResourceKey] = set()
-        for search in plan(query, batch_size=self.batch_size):
-            async for resource in self._uncapped(search, seen):
-                if resource.get("resourceType") != query.resource_type:
-                    continue  # _include'd resources and search.mode=outcome OperationOutcomes
-                _make_references_relative(resource, self.client.base)
-                if is_foreign(resource):
-                    # Still absolute: another server's patient, never a local one (issue 10).
-                    count_foreign(self.foreign, self._foreign_seen, resource)
-                    continue
+        stream: AsyncGenerator[Resource, None]
+        if query.patients is not None and self._one_each(kind):
+            stream = self._per_patient(query, checked_ids(query.patients), seen)
+        else:
+            searches = plan(query, batch_size=self.batch_size, profile=self.profile)
+            self._note(unreached(query, self.profile, per_patient=False))
+            stream = self._batched(
+                kind, searches, seen, lambda ids: self._per_patient(query, ids, seen)
+            )
+        async with aclosing(stream) as resources:
+            async for resource in resources:
+                yield resource
+
+    async def group(self, group_id: str) -> Resource | None:
+        """`GET Group/{id}` whole, references under the base made relative; None when the
+        server has none (404, 410). A `group_id` that is not a FHIR id is a UsageError."""
+        if not is_fhir_id(group_id):
+            raise UsageError("--cohort group: the Group id is not a valid FHIR id")
+        found = await read_or_none(self.client, "Group", group_id)
+        if found is not None:
+            _make_references_relative(found, self.client.base)
+        return found
+
+    async def patients_by_identifier(
+        self, tokens: Sequence[tuple[str, str]]
+    ) -> AsyncIterator[Resource]:
+        """The Patients carrying any of the identifiers `(system, value)`, each once.
+
+        `Patient?identifier=system|value`, comma-joined in batches of `batch_size`; one search per
+        identifier (concurrently, in the tokens' order) in per-patient mode or where the profile
+        makes `identifier` single-valued. An empty system matches an identifier without one.
+        """
+        wanted = list(dict.fromkeys(identifier_token(system, value) for system, value in tokens))
+        rules = self.profile.rules("Patient")
+        seen: set[ResourceKey] = set()
+
+        def search(batch: tuple[str, ...]) -> Search:
+            return search_for(rules, "Patient", "identifier", batch)
+
+        async def one(token: str) -> list[Resource]:
+            mine: set[ResourceKey] = set()
+            return [r async for r in self._uncapped(search((token,)), mine)]
+
+        def one_each(items: list[str]) -> AsyncGenerator[Resource, None]:
+            return self._in_order("Patient", items, one, seen)
+
+        stream: AsyncGenerator[Resource, None]
+        if self.reads.mode == "per-patient" or "identifier" in rules.single_valued:
+            stream = one_each(wanted)
+        else:
+            size = self.batch_size
+            batches = [search(tuple(wanted[i : i + size])) for i in range(0, len(wanted), size)]
+            stream = self._batched("Patient", batches, seen, one_each)
+        async with aclosing(stream) as resources:
+            async for resource in resources:
                 yield resource
 
     async def aclose(self) -> None:
         """Nothing to close: the HTTP client belongs to the caller."""
+
+    def _one_each(self, kind: str) -> bool:
+        """Whether searches of the type name one patient each: the mode, or the profile."""
+        single = self.profile.rules(kind).single_valued
+        return self.reads.mode == "per-patient" or patient_param(kind) in single
+
+    async def _batched(
+        self,
+        kind: str,
+        searches: list[Search],
+        seen: set[ResourceKey],
+        one_each: Callable[[list[str]], AsyncGenerator[Resource, None]],
+    ) -> AsyncGenerator[Resource, None]:
+        """The batch searches in turn; once a batch is refused (or an earlier fetch switched the
+        source), the patients of it and of every later batch through `one_each`."""
+        for index, search in enumerate(searches):
+            refused = search.patients is not None and self.reads.mode == "per-patient"
+            if not refused:
+                try:
+                    async for resource in self._uncapped(search, seen):
+                        if self._accept(resource, kind):
+                            yield resource
+                except RefusedBatch as exc:
+                    self._switch(exc.error)
+                    refused = True
+            if refused:
+                rest = list(dict.fromkeys(v for s in searches[index:] for v in s.patients or ()))
+                async with aclosing(one_each(rest)) as resources:
+                    async for resource in resources:
+                        yield resource
+                return
+
+    async def _per_patient(
+        self, query: Query, ids: list[str], seen: set[ResourceKey]
+    ) -> AsyncGenerator[Resource, None]:
+        """`query` for each of `ids` (checked, in order), one patient per search or read."""
+        steps = PatientPlan.of(query, self.profile)
+        if steps.selection is None:
+            return  # an empty code set: nothing can match
+        self._note(unreached(query, self.profile, per_patient=True))
+        names = self.elements.get("Patient")
+        read_params = [("_elements", ",".join(names))] if names else None
+
+        async def one(pid: str) -> list[Resource]:
+            if steps.reads:
+                found = await read_or_none(self.client, "Patient", pid, read_params)
+                return [] if found is None else [found]
+            # Each patient's own set: what the shared one holds is decided in patient order.
+            mine: set[ResourceKey] = set()
+            return [r for s in steps.searches(pid) async for r in self._uncapped(s, mine)]
+
+        async with aclosing(self._in_order(query.resource_type, ids, one, seen)) as resources:
+            async for resource in resources:
+                yield resource
+
+    async def _in_order(
+        self,
+        kind: str,
+        items: list[str],
+        one: Callable[[str], Awaitable[list[Resource]]],
+        seen: set[ResourceKey],
+    ) -> AsyncGenerator[Resource, None]:
+        """`one(item)` for each item, `concurrency` at a time, yielded in the items' order."""
+        async with aclosing(ordered_map(one, items, limit=self.concurrency)) as results:
+            async for found in results:
+                for resource in found:
+                    if _first_time(resource, seen) and self._accept(resource, kind):
+                        yield resource
+
+    def _accept(self, resource: Resource, kind: str) -> bool:
+        """Whether to yield a search's resource; references to the base are made relative."""
+        if resource.get("resourceType") != kind:
+            return False  # _include'd resources and search.mode=outcome OperationOutcomes
+        _make_references_relative(resource, self.client.base)
+        if is_foreign(resource):
+            # Still absolute: another server's patient, never a local one (issue 10).
+            count_foreign(self.foreign, self._foreign_seen, resource)
+            return False
+        return True
+
+    def _switch(self, error: HttpStatusError) -> None:
+        """Read one patient at a time from now on; said once (no patient data, no URL query)."""
+        if self.reads.mode == "per-patient":
+            return
+        self.reads.mode = "per-patient"
+        self.reads.switched = True
+        log.warning(
+            SWITCH_MESSAGE,
+            extra={"event": "read_mode_switched", "status": error.status, "url": error.url},
+        )
+
+    def _note(self, lines: list[str]) -> None:
+        for line in lines:
+            if line not in self.reads.unreached:
+                self.reads.unreached.append(line)
 
     async def _uncapped(self, search: Search, seen: set[ResourceKey]) -> AsyncIterator[Resource]:
         """Every result of `search`, split in halves as often as the result cap needs.
@@ -244,11 +326,12 @@ class RestSource:
         The first page comes first: its `total` (most servers give one) says whether the search
         reaches the cap, so no separate count is asked for; only a first page with no total and
         a next link costs a `_summary=count` request (bench/README.md: requests, not bytes, are
-        what a busy server charges for).
+        what a busy server charges for). A post-filtered search's total counts what the server
+        then filters out: it is not used (module docstring).
         """
         cap = self.result_cap
-        page, url = await self._first_page(search.resource_type, self._params(search))
-        if cap is not None and self.count_first:
+        page, url = await self._open(search)
+        if cap is not None and self.count_first and not search.post_filtered:
             total = bundle_total(page)
             if total is None and _has_next(page):
                 total = await self._count(search)
@@ -264,7 +347,7 @@ class RestSource:
         # A total is the server's own word (and HAPI's cut point is not always the cap exactly);
         # without one, a result set that reached the cap is taken as cut.
         if stats.total is not None:
-            cut = stats.total > stats.distinct
+            cut = stats.total > stats.distinct and not search.post_filtered
             why = f"returned {stats.distinct:,} of the {stats.total:,} resources it announced"
         else:
             cut = cap is not None and stats.matches >= cap
@@ -273,6 +356,16 @@ class RestSource:
             for half in self._halves(search, why):
                 async for resource in self._uncapped(half, seen):
                     yield resource
+
+    async def _open(self, search: Search) -> tuple[JsonObject, str]:
+        """The first page of `search`; a refusal that asks for one patient at a time is told
+        apart (`RefusedBatch`) when the search names several."""
+        try:
+            return await self._first_page(search.resource_type, self._params(search))
+        except HttpStatusError as exc:
+            if search.patients is not None and len(search.patients) > 1 and refuses_many(exc):
+                raise RefusedBatch(exc) from exc
+            raise
 
     def _halves(self, search: Search, why: str) -> tuple[Search, Search]:
         halves = search.halves()
@@ -317,6 +410,17 @@ class RestSource:
             return await self.client.get_json(url), url
         page = await self.client.post_form_search(resource_type, params)
         return page, self.client.url(f"{resource_type}/_search")
+
+
+def _first_time(resource: Resource, seen: set[ResourceKey]) -> bool:
+    """Whether the resource's (type, id) is new to `seen` (then added); True without an id."""
+    kind, rid = resource.get("resourceType"), resource.get("id")
+    if not (isinstance(kind, str) and isinstance(rid, str) and rid):
+        return True
+    if (kind, rid) in seen:
+        return False
+    seen.add((kind, rid))
+    return True
 
 
 def _has_next(page: JsonObject) -> bool:
