@@ -29,18 +29,20 @@ from adapter.cli_args import (
     add_check_parser,
     add_runs_parser,
     as_of,
+    cohort_spec,
     early_log_options,
     log_level,
     log_options,
     mapping_options,
     positive,
     seconds,
+    server_options,
 )
 from adapter.commands import check as check_command
 from adapter.commands.runs import list_runs
 from adapter.commands.sweep import failure_line, sweep_command
 from adapter.config import SiteConfig, load_site_config
-from adapter.connect import is_url, open_source
+from adapter.connect import is_url, open_source, source_profile
 from adapter.errors import (
     AdapterError,
     ExitCode,
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="site configuration (default $TRIAL_ADAPTER_CONFIG): auth, limits, query sizes",
         )
         p.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+        server_options(p)
         log_options(p)
 
     sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
@@ -95,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="read and decide everything, list what would be written, write nothing",
+    )
+    sweep.add_argument(
+        "--cohort",
+        type=cohort_spec,
+        default=None,
+        metavar="FORM",
+        help="who is screened: `search` (default: the server-wide diagnosis search), "
+        "`group:ID` (the members of a FHIR Group), `file:PATH` (one Patient id or "
+        "system|value identifier a line); the trial's cohort rules apply to each",
     )
     sweep.add_argument("--batch-size", type=positive, help="patients per server query")
     sweep.add_argument("--page-size", type=positive, help="_count for server searches")
@@ -168,6 +180,8 @@ async def _check(args: argparse.Namespace) -> ExitCode:
         out_dir=args.out,
         state_dir=args.state_dir,
         timeout=args.timeout,
+        profile=args.profile,
+        read=args.read,
     )
 
 
@@ -196,6 +210,20 @@ def _survey_parser(sub: Any) -> None:
         "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
     )
     survey.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+    server_options(survey)
+    survey.add_argument(
+        "--cohort",
+        type=cohort_spec,
+        metavar="FORM",
+        help="on servers read one patient at a time: the patients to sample, group:ID or file:PATH",
+    )
+    survey.add_argument(
+        "--patients",
+        type=positive,
+        metavar="N",
+        default=200,
+        help="patients read whole on such servers (default 200, spread over the cohort)",
+    )
     survey.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
     log_options(survey)
 
@@ -209,7 +237,17 @@ async def _survey(args: argparse.Namespace) -> ExitCode:
         args.site_mappings or site.site_mappings,
     )
     tally, sample = await survey_run.read_source(
-        args.source, config=site.source, env=os.environ, sample=args.sample, say=_say(args)
+        args.source,
+        config=site.source,
+        env=os.environ,
+        sample=args.sample,
+        say=_say(args),
+        profile=source_profile(args, site),
+        cohort=args.cohort,
+        categories=frozenset(
+            c for t in mappings.trials for a in t.analytes.values() for c in a.categories
+        ),
+        patients=args.patients,
     )
     result = survey_run.survey(tally, mappings)
     label = redact_url(args.source) if is_url(args.source) else args.source
@@ -225,6 +263,11 @@ def _site(args: argparse.Namespace) -> SiteConfig:
         Path(os.environ["TRIAL_ADAPTER_CONFIG"]) if os.environ.get("TRIAL_ADAPTER_CONFIG") else None
     )
     site = load_site_config(path)
+    server = {
+        key: value for key in ("profile", "read") if (value := getattr(args, key, None)) is not None
+    }
+    if server:  # --profile and --read are the source server's
+        site = site.model_copy(update={"source": site.source.model_copy(update=server)})
     if args.timeout is not None:  # finite and positive: checked by its argument type
         site = site.model_copy(
             update={
@@ -262,7 +305,13 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
 async def _explain(args: argparse.Namespace, trial: Trial, as_of: date) -> ExitCode:
     pid = args.patient.removeprefix("Patient/")
     site = _site(args)
-    async with open_source(args.source, site.source, env=os.environ, say=_say(args)) as source:
+    async with open_source(
+        args.source,
+        site.source,
+        env=os.environ,
+        say=_say(args),
+        profile=source_profile(args, site),
+    ) as source:
         result = await run_sweep(
             trial, source, as_of, only=frozenset({pid}), mrn_system=site.mrn_system
         )

@@ -166,6 +166,7 @@ def add_check_parser(sub: Any) -> None:
         "--state-dir", type=Path, metavar="DIR", help="state folder (default: state_dir, else XDG)"
     )
     check.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+    server_options(check)
     log_options(check)
     check.set_defaults(quiet=False)
 
@@ -181,3 +182,29 @@ def mapping_options(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="site folder merged over the mappings (default: site_mappings in --config)",
     )
+
+
+def server_options(p: argparse.ArgumentParser) -> None:
+    """--profile and --read: how the source server is searched (issue 13), over the site file."""
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the source server's family: generic, hapi, epic, oracle-health, medplum, or a "
+        "site folder's servers/NAME.yaml (default: source.profile, else generic)",
+    )
+    p.add_argument(
+        "--read",
+        choices=("batch", "per-patient"),
+        help="searches name many patients (batch) or one each (per-patient); default: the "
+        "profile's",
+    )
+
+
+def cohort_spec(text: str) -> Any:
+    """`--cohort`: search, group:ID or file:PATH (adapter.cohorts); anything else is exit 2."""
+    from adapter.cohorts import parse_cohort
+
+    try:
+        return parse_cohort(text)
+    except Exception as exc:  # ConfigError/UsageError: one line, no traceback
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -13,6 +13,7 @@ source:
   url: https://fhir.hospital.example/r4
   auth: {type: smart-backend, client_id: trial-adapter, private_key_file: key.pem,
          algorithm: ES384, kid: key-1}
+  profile: epic          # mappings/servers/epic.yaml: per-patient reads
   max_concurrent: 2
   requests_per_second: 10
   proxy: http://proxy.hospital.example:3128
@@ -32,7 +33,7 @@ notify:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -92,6 +93,12 @@ class ServerConfig(BaseModel):
     result_cap: int | None = Field(default=10_000, ge=1)
     #: ask for only the fields the criteria read, where the server honours `_elements`
     use_elements: bool = True
+    #: the server family (mappings/servers/<name>.yaml, or the site folder's `servers/`):
+    #: required and single-valued search parameters, post-filters, `_count` cap... (`--profile`)
+    profile: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")
+    #: `batch` (many patients per search) or `per-patient` (one each); default: the profile's
+    #: (`--read`)
+    read: Literal["batch", "per-patient"] | None = None
 
     @field_validator("auth", mode="before")
     @classmethod

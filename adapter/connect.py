@@ -11,12 +11,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from adapter.config import ServerConfig
-from adapter.fhir.auth import build_auth
+from adapter.config import ServerConfig, SiteConfig
+from adapter.errors import ConfigError
+from adapter.fhir.auth import AuthConfig, SmartBackendAuthConfig, build_auth
 from adapter.fhir.capability import ServerCapabilities, read_capabilities
 from adapter.fhir.client import FhirClient
 from adapter.fhir.transport import http_client
+from adapter.servers import (
+    DEFAULT_PROFILE,
+    GENERIC,
+    ServerProfile,
+    load_profiles,
+    profile_named,
+    scopes_for,
+)
+from adapter.site_mappings import default_mappings_dir
 from adapter.sources.base import Source
 from adapter.sources.files import FolderSource
 from adapter.sources.rest import FACT_ELEMENTS, RestSource
@@ -30,17 +41,21 @@ def is_url(text: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def fhir_client(
-    url: str, config: ServerConfig, *, env: Mapping[str, str]
+    url: str, config: ServerConfig, *, env: Mapping[str, str], profile: ServerProfile = GENERIC
 ) -> AsyncIterator[FhirClient]:
     """A FhirClient for `url` with the configured auth, retries and limits; closed on exit.
+
+    The server `profile`'s headers go with every request, and its token quirks shape the SMART
+    Backend Services request (v1 scopes; the signing algorithms it accepts are checked first).
 
     A configured auth against a plain-http server or origin (other than this machine) is a
     ConfigError here, before any request (adapter.fhir.auth.build_auth).
     """
     client = http_client(timeout=config.timeout, proxy=config.proxy, ca_bundle=config.ca_bundle)
     async with client as http:
+        http.headers.update(profile.headers)
         auth = build_auth(
-            config.auth,
+            _auth_for(config.auth, profile),
             env=env,
             base_url=url,
             http=http,
@@ -60,6 +75,36 @@ async def fhir_client(
         )
 
 
+def resolve_profile(
+    config: ServerConfig, mappings_dir: Path | None, site_dir: Path | None
+) -> ServerProfile:
+    """The profile the source configuration names (`profile`, `--profile`), else `generic`."""
+    profiles = load_profiles(mappings_dir or default_mappings_dir(), site_dir)
+    return profile_named(config.profile or DEFAULT_PROFILE, profiles)
+
+
+def source_profile(args: Any, site: SiteConfig) -> ServerProfile:
+    """The source server's profile for a command's arguments (`--profile`, `--mappings`,
+    `--site-mappings`, already merged into `site`); `generic` for a folder, which has none."""
+    if not is_url(str(args.source)):
+        return GENERIC
+    site_dir = getattr(args, "site_mappings", None) or site.site_mappings
+    return resolve_profile(site.source, getattr(args, "mappings", None), site_dir)
+
+
+def _auth_for(auth: AuthConfig, profile: ServerProfile) -> AuthConfig:
+    """The configured auth with the profile's token quirks applied (SMART Backend only)."""
+    if not isinstance(auth, SmartBackendAuthConfig):
+        return auth
+    quirks = profile.token
+    if auth.algorithm not in quirks.algorithms:
+        raise ConfigError(
+            f"source.auth.algorithm {auth.algorithm} is not one the {profile.name} profile's "
+            f"token endpoint accepts ({', '.join(quirks.algorithms)})"
+        )
+    return auth.model_copy(update={"scopes": scopes_for(profile, auth.scopes)})
+
+
 async def capabilities(client: FhirClient, say: Say) -> ServerCapabilities:
     """Read the CapabilityStatement once, and say (without patient data) what was adapted."""
     caps = await read_capabilities(client)
@@ -77,8 +122,12 @@ async def open_source(
     say: Say,
     batch_size: int | None = None,
     page_size: int | None = None,
+    profile: ServerProfile = GENERIC,
 ) -> AsyncIterator[Source]:
-    """A FolderSource for a path, a RestSource (capabilities read first) for a base URL."""
+    """A FolderSource for a path, a RestSource (capabilities read first) for a base URL.
+
+    A server is searched as `profile` says, in `config.read` mode (default: the profile's).
+    """
     if not is_url(text):
         folder = FolderSource(Path(text))
         try:
@@ -86,7 +135,7 @@ async def open_source(
         finally:
             await folder.aclose()
         return
-    async with fhir_client(text, config, env=env) as client:
+    async with fhir_client(text, config, env=env, profile=profile) as client:
         caps = await capabilities(client, say)
         rest = RestSource(
             client,
@@ -95,7 +144,10 @@ async def open_source(
             result_cap=config.result_cap,
             elements=FACT_ELEMENTS if config.use_elements else None,
             capabilities=caps,
+            profile=profile,
+            read=config.read,
         )
+        say(f"server profile {profile.name}: reads {rest.reads.mode}")
         try:
             yield rest
         finally:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from adapter.cohorts import CohortSpec, read_members
 from adapter.criteria.evaluate import evaluate_patient, in_cohort
 from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
@@ -26,7 +27,14 @@ from adapter.facts.identity import Identity, identity_of
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
 from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
-from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
+from adapter.sources.base import (
+    Query,
+    ReadNotes,
+    Resource,
+    Source,
+    UnreadableItem,
+    patient_id_of,
+)
 from adapter.trials import Trial
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,11 @@ class SweepResult:
     planned_writes: list[dict[str, str | None]] = field(default_factory=list)
     #: input lines (and JSON files) the source skipped as unreadable, in the order met
     unreadable: list[UnreadableItem] = field(default_factory=list)
+    #: how the cohort was found (issue 13): `form` (search, group:ID, file:NAME) and, for a
+    #: Group or a file, its members' counts and the lines that named nobody (no patient data)
+    cohort: dict[str, object] = field(default_factory=lambda: {"form": "search"})
+    #: how the source read: mode, profile, a switch to per-patient reads, what it cannot reach
+    reads: ReadNotes = field(default_factory=ReadNotes)
 
     @property
     def withhold_writes(self) -> bool:
@@ -131,6 +144,62 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
     return ids
 
 
+async def _read_conditions(
+    trial: Trial, source: Source, patients: frozenset[str], stats: Counter[str], track: Tracker
+) -> dict[str, list[ConditionFact]]:
+    """Every Condition of `patients`, as facts by patient."""
+    conditions: dict[str, list[ConditionFact]] = defaultdict(list)
+    track.stage("Condition", None)
+    async for res in source.fetch(Query("Condition", patients=patients)):
+        stats["Condition"] += 1
+        track.advance()
+        pid = patient_id_of(res)
+        if pid in patients:
+            conditions[pid].append(condition_fact(res, trial.system_aliases))
+    return conditions
+
+
+async def _members_in_cohort(
+    trial: Trial,
+    source: Source,
+    as_of: date,
+    spec: CohortSpec,
+    result: SweepResult,
+    track: Tracker,
+) -> tuple[set[str], dict[str, list[ConditionFact]]]:
+    """The members of a Group or a file whose own Conditions put them in the cohort, and the
+    Conditions read (kept for the facts: each member's Conditions are read once)."""
+    members = await read_members(spec, source, as_of)
+    result.cohort = {"form": spec.describe(), **members.summary()}
+    for line in members.describe():
+        log.info("cohort: %s", line)
+    candidates = frozenset(members.ids)
+    if not candidates:
+        return set(), {}
+    conditions = await _read_conditions(trial, source, candidates, result.stats, track)
+    ids = set()
+    for pid in candidates:
+        probe = PatientFacts(
+            PatientInfo(f"Patient/{pid}", None, None), conditions=tuple(conditions.get(pid, ()))
+        )
+        if in_cohort(probe, trial.cohort, as_of):
+            ids.add(pid)
+    outside = len(candidates) - len(ids)
+    # A member with no Condition at all may be an id that names no Patient: not told apart
+    # here (reading every member's Patient would cost a read per member outside the cohort).
+    bare = sum(1 for pid in candidates if not conditions.get(pid))
+    result.cohort["outside_cohort"] = outside
+    result.cohort["without_conditions"] = bare
+    if outside:
+        log.info(
+            "cohort: %d members have no active diagnosis of the trial's cohort (%d of them no "
+            "Condition at all, or no Patient by that id)",
+            outside,
+            bare,
+        )
+    return ids, conditions
+
+
 async def run_sweep(
     trial: Trial,
     source: Source,
@@ -140,11 +209,14 @@ async def run_sweep(
     only: frozenset[str] | None = None,
     mrn_system: str | None = None,
     tracker: Tracker | None = None,
+    cohort: CohortSpec | None = None,
 ) -> SweepResult:
     """Read the cohort and what the criteria need from `source`; evaluate every patient.
 
     `only` names Patient ids to evaluate instead of the cohort (for `explain`): they are evaluated
     whether or not they are in the cohort, and `SweepResult.outside_cohort` lists those who are not.
+    `cohort` says where the cohort comes from (default: the server-wide diagnosis search); for a
+    Group or a file, the trial's cohort rules are applied to each member's own Conditions.
     `mrn_system` is the site's MRN identifier system (`SiteConfig.mrn_system`), for identities.
     `tracker` is shown each stage and its counts (resources read per type, patients evaluated).
     """
@@ -153,11 +225,17 @@ async def run_sweep(
     track.stage("cohort", None)
     result = SweepResult(trial, as_of)
     stats = result.stats
-    ids = set(only) if only is not None else await cohort_ids(trial, source, as_of, stats)
     # An unreadable Condition line may be what puts its patient in the cohort: every patient the
     # cohort search's unreadable lines name is held back, in the cohort so far or not.
     held: dict[str, UnreadableItem] = {}
-    if only is None:
+    read_already: dict[str, list[ConditionFact]] | None = None
+    if only is not None:
+        ids = set(only)
+    elif cohort is None or cohort.kind == "search":
+        ids = await cohort_ids(trial, source, as_of, stats)
+        _hold(held, source.unreadable, None)
+    else:
+        ids, read_already = await _members_in_cohort(trial, source, as_of, cohort, result, track)
         _hold(held, source.unreadable, None)
     say(f"cohort: {len(ids)} patients")
     track.advance(len(ids))
@@ -180,13 +258,10 @@ async def run_sweep(
 
     reads = trial.reads()
     conditions: dict[str, list[ConditionFact]] = defaultdict(list)
-    track.stage("Condition", None)
-    async for res in _fetch_if("Condition" in reads, source, Query("Condition", patients=wanted)):
-        stats["Condition"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid in wanted:
-            conditions[pid].append(condition_fact(res, trial.system_aliases))
+    if read_already is not None:
+        conditions.update((pid, facts) for pid, facts in read_already.items() if pid in wanted)
+    elif "Condition" in reads:
+        conditions = await _read_conditions(trial, source, wanted, stats, track)
 
     procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
     track.stage("Procedure", None)
@@ -201,7 +276,13 @@ async def run_sweep(
         trial.analytes, trial.units, trial.needed_analytes(), trial.system_aliases
     )
     labs: dict[str, list[LabValue]] = defaultdict(list)
-    observations = Query("Observation", codes=trial.observation_codes(), patients=wanted)
+    observations = Query(
+        "Observation",
+        codes=trial.observation_codes(),
+        patients=wanted,
+        categories=trial.observation_categories(),
+        uncategorised=trial.uncategorised_analytes(),
+    )
     track.stage("Observation", None)
     async for res in _fetch_if("Observation" in reads, source, observations):
         stats["Observation"] += 1
@@ -308,9 +389,13 @@ def _hold_back(result: SweepResult, held: dict[str, UnreadableItem]) -> None:
 
 
 def _note_source(result: SweepResult, source: Source) -> None:
-    """Report what the source left out: unreadable lines, another server's patients' resources."""
+    """Report what the source left out: unreadable lines, another server's patients' resources,
+    and what its read mode cannot reach (logged once each)."""
     _note_unreadable(result, source)
     _note_foreign(result, source)
+    result.reads = source.reads
+    for what in source.reads.unreached:
+        log.warning("not reached in %s reads: %s", source.reads.mode, what)
 
 
 def _note_unreadable(result: SweepResult, source: Source) -> None:

@@ -43,8 +43,8 @@ from adapter.commands.requirements import (
     source_types,
 )
 from adapter.config import ServerConfig, load_site_config
-from adapter.connect import fhir_client, is_url
-from adapter.errors import AdapterError, ConfigError, ExitCode, redact_url
+from adapter.connect import fhir_client, is_url, resolve_profile
+from adapter.errors import AdapterError, ConfigError, ExitCode, MappingError, redact_url
 from adapter.fhir.auth import (
     AuthConfig,
     BasicAuthConfig,
@@ -59,6 +59,8 @@ from adapter.fhir.capability import read_capabilities as read_metadata
 from adapter.fhir.client import FhirClient
 from adapter.fhir.urls import ServerBase
 from adapter.report.files import check_writable_folder
+from adapter.servers import GENERIC, ReadMode, ServerProfile
+from adapter.servers import describe as describe_profile
 from adapter.site_mappings import load_mappings
 from adapter.trials import Trial, load_trial
 
@@ -132,6 +134,8 @@ async def run_checks(
     state_dir: Path | None = None,
     timeout: float | None = None,
     home: Path | None = None,
+    profile: str | None = None,
+    read: str | None = None,
 ) -> ExitCode:
     """Every check, each said as its line; the exit code they add up to.
 
@@ -146,6 +150,9 @@ async def run_checks(
         checks.error("config", exc)
         return checks.exit_code
     checks.ok("config", str(config_path) if config_path else "none given: the defaults")
+    server = {k: v for k, v in (("profile", profile), ("read", read)) if v is not None}
+    if server:  # --profile and --read are the source server's
+        site = site.model_copy(update={"source": site.source.model_copy(update=server)})
     loaded = _load_trials(
         checks, trials or site.trials, mappings, site_mappings or site.site_mappings
     )
@@ -159,7 +166,16 @@ async def run_checks(
         if not given:
             checks.skip(side, f"none configured (--{side} or {side}.url)")
         elif is_url(given):
-            await _check_server(checks, side, given, config, types, env)
+            server_profile = GENERIC
+            if side == "source":
+                try:
+                    server_profile = resolve_profile(
+                        config, mappings, site_mappings or site.site_mappings
+                    )
+                except (ConfigError, MappingError) as exc:
+                    checks.error("source profile", exc)
+                    continue
+            await _check_server(checks, side, given, config, types, env, server_profile)
         elif side == "source":
             _source_folder(checks, Path(given))
         else:
@@ -238,6 +254,7 @@ async def _check_server(
     config: ServerConfig,
     types: Sequence[str],
     env: Mapping[str, str],
+    profile: ServerProfile = GENERIC,
 ) -> None:
     try:
         ServerBase.parse(url)
@@ -247,9 +264,11 @@ async def _check_server(
     # One attempt per request: the check says how the server answers now, at once.
     quick = config.model_copy(update={"retry_attempts": 1})
     try:
-        async with fhir_client(url, quick, env=env) as client:
+        async with fhir_client(url, quick, env=env, profile=profile) as client:
             checks.ok(f"{side} auth", describe_auth(config.auth))
-            await _probe(checks, side, client, config.auth, types)
+            caps = await _probe(checks, side, client, config.auth, types)
+        if side == "source":
+            _profile_line(checks, profile, caps, config.read or profile.read)
         return
     except ConfigError as exc:  # entering: a secret, the CA bundle, credentials over http
         checks.error(f"{side} auth", exc)
@@ -257,8 +276,19 @@ async def _check_server(
         checks.skip(f"{side} server", "not asked")
         return
     # Whether the server answers at all, without the credentials that could not be used.
-    async with fhir_client(url, quick.model_copy(update={"auth": NoAuthConfig()}), env=env) as bare:
-        await _probe(checks, side, bare, None, types)
+    bare_config = quick.model_copy(update={"auth": NoAuthConfig()})
+    async with fhir_client(url, bare_config, env=env, profile=profile) as bare:
+        caps = await _probe(checks, side, bare, None, types)
+    if side == "source":
+        _profile_line(checks, profile, caps, config.read or profile.read)
+
+
+def _profile_line(
+    checks: Checks, profile: ServerProfile, caps: ServerCapabilities | None, read: ReadMode
+) -> None:
+    """What the server profile and the CapabilityStatement say together (issue 13): one line;
+    their disagreements are said but fail nothing (a CapabilityStatement is often incomplete)."""
+    checks.ok("source profile", "; ".join(describe_profile(profile, caps, read)))
 
 
 async def _probe(
@@ -267,8 +297,9 @@ async def _probe(
     client: FhirClient,
     auth_config: AuthConfig | None,
     types: Sequence[str],
-) -> None:
-    """Token, metadata, scopes and capabilities, each its line; never raises an AdapterError."""
+) -> ServerCapabilities | None:
+    """Token, metadata, scopes and capabilities, each its line; never raises an AdapterError.
+    Returns the CapabilityStatement read, if any."""
     http = client.http
     auth = http.auth
     witness = GrantWitness()
@@ -303,13 +334,14 @@ async def _probe(
     name = f"{side} capabilities"
     if caps is None:
         checks.skip(name, "no CapabilityStatement")
-        return
+        return None
     problems, notes = judge_capabilities(side, types, caps)
     if problems:
         checks.fail(name, "; ".join(problems))
     else:
         said = describe_capabilities(side, types, caps)
         checks.ok(name, said + "".join(f" ({note})" for note in notes))
+    return caps
 
 
 async def _server(

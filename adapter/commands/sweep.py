@@ -24,7 +24,7 @@ import orjson
 
 from adapter.commands.runs import run_metadata, with_changes
 from adapter.config import SiteConfig
-from adapter.connect import is_url, open_source
+from adapter.connect import is_url, open_source, source_profile
 from adapter.deliver import deliver
 from adapter.errors import AdapterError, ExitCode, FhirError, OutputError
 from adapter.ledger import Ledger, current_states
@@ -185,9 +185,16 @@ async def _sweep_run(
             say=say,
             batch_size=args.batch_size,
             page_size=args.page_size,
+            profile=source_profile(args, site),
         ) as source:
             result = await run_sweep(
-                trial, source, as_of, progress=say, mrn_system=site.mrn_system, tracker=tracker
+                trial,
+                source,
+                as_of,
+                progress=say,
+                mrn_system=site.mrn_system,
+                tracker=tracker,
+                cohort=args.cohort,
             )
     except FhirError as exc:
         _keep_server_words(out_dir, exc, args.run_id)

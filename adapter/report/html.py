@@ -418,6 +418,9 @@ def render_report(
         adapter_version=_text(doc.get("adapter_version")),
         counts=dict(doc.get("counts") or {}),
         cohort=len(patients),
+        cohort_from=_cohort_from(doc.get("cohort")),
+        reads=_reads_line(doc.get("source_reads")),
+        unreached=list((doc.get("source_reads") or {}).get("unreached") or []),
         errors=list(doc.get("errors") or []),
         read=dict(stats.get("read") or {}),
         unusable=dict(stats.get("unusable_observations") or {}),
@@ -428,6 +431,41 @@ def render_report(
         redraw_days=REDRAW_AFTER_DAYS,
         dash=DASH,
     )
+
+
+def _cohort_from(cohort: object) -> str:
+    """Where the cohort came from, in words: the diagnosis search, or a Group's or a file's
+    members with what was left out of them (counts only)."""
+    if not isinstance(cohort, dict):
+        return "the diagnosis search"
+    form = str(cohort.get("form") or "search")
+    if form == "search":
+        return "the diagnosis search"
+    what = f"members of {form}"
+    counts = [
+        f"{cohort[key]} {label}"
+        for key, label in (
+            ("members", "members"),
+            ("inactive", "inactive"),
+            ("ended", "ended"),
+            ("not_started", "not started"),
+            ("outside_cohort", "without a cohort diagnosis"),
+        )
+        if isinstance(cohort.get(key), int) and cohort[key]
+    ]
+    return f"{what} ({', '.join(counts)})" if counts else what
+
+
+def _reads_line(reads: object) -> str:
+    """How the server was read, for the summary; empty for a folder."""
+    if not isinstance(reads, dict) or reads.get("mode") in (None, "files"):
+        return ""
+    mode = "one patient at a time" if reads.get("mode") == "per-patient" else "in batches"
+    profile = reads.get("profile")
+    line = f"{mode}, profile {profile}" if profile else mode
+    if reads.get("switched_to_per_patient"):
+        line += " (the server refused searches for several patients)"
+    return line
 
 
 def write_report_html(out_dir: Path, html: str) -> None:

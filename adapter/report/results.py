@@ -120,6 +120,14 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
             for u in sweep.unreadable
         ],
         "writes_withheld": sweep.withhold_writes,
+        # issue 13: where the cohort came from, and how the source read (what it cannot reach)
+        "cohort": dict(sweep.cohort),
+        "source_reads": {
+            "mode": sweep.reads.mode,
+            "profile": sweep.reads.profile,
+            "switched_to_per_patient": sweep.reads.switched,
+            "unreached": list(sweep.reads.unreached),
+        },
     }
     if extra:
         doc.update(extra)

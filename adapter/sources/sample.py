@@ -146,8 +146,9 @@ def _refused(
 ) -> TypeWideSearchRefused:
     said = f": {coded}" if coded else ""
     return TypeWideSearchRefused(
-        f"the server refuses a type-wide {resource_type} search ({answer}{said}); the survey "
-        "needs type-wide searches, per-patient reads come with issue 13",
+        f"the server refuses a type-wide {resource_type} search ({answer}{said}); survey it "
+        "one patient at a time: --read per-patient (or --profile NAME) with --cohort group:ID "
+        "or --cohort file:PATH",
         url=url,
         detail=detail,
     )

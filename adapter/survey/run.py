@@ -1,26 +1,36 @@
 """Running a survey: the trials and mappings loaded, the source read into a tally, the outputs made.
 
 A folder is read whole (or up to `--sample` resources per type when given); a server is read by
-type-wide searches, 10,000 resources per type unless `--sample` says otherwise.
+type-wide searches, 10,000 resources per type unless `--sample` says otherwise, or, where it
+answers one patient at a time, patient by patient (adapter.survey.per_patient).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from adapter import site_mappings
+from adapter.cohorts import CohortSpec
 from adapter.config import ServerConfig
 from adapter.connect import fhir_client, is_url
 from adapter.errors import IncompleteInputError, MappingError
 from adapter.fhir.capability import read_capabilities
+from adapter.servers import GENERIC, ServerProfile
 from adapter.sources.base import Query
 from adapter.sources.files import FolderSource
 from adapter.sources.sample import DEFAULT_SAMPLE, TypeSample
 from adapter.survey.analyse import KnownSystems, Survey, analyse
 from adapter.survey.hints import Hint, load_hints
 from adapter.survey.outputs import Sample
+from adapter.survey.per_patient import (
+    DEFAULT_PATIENTS,
+    needs_per_patient,
+    read_per_patient,
+    require_cohort,
+)
 from adapter.survey.tally import CODED_TYPES, Tally
 from adapter.trials import Trial, load_trial
 
@@ -80,8 +90,17 @@ async def read_source(
     env: Mapping[str, str],
     sample: int | None,
     say: Say,
+    profile: ServerProfile = GENERIC,
+    cohort: CohortSpec | None = None,
+    categories: frozenset[str] = frozenset(),
+    as_of: date | None = None,
+    patients: int = DEFAULT_PATIENTS,
 ) -> tuple[Tally, dict[str, Sample]]:
-    """The tally of the source's Observations, Conditions and Procedures, and what was read."""
+    """The tally of the source's Observations, Conditions and Procedures, and what was read.
+
+    A server whose `profile` (or `config.read`) reads one patient at a time is sampled by
+    patients: at most `patients` members of `cohort`, read whole (adapter.survey.per_patient).
+    """
     tally = Tally()
     read: dict[str, Sample] = {}
     if not is_url(source):
@@ -112,15 +131,35 @@ async def read_source(
             await folder.aclose()
         return tally, read
     limit = sample or DEFAULT_SAMPLE
-    async with fhir_client(source, config, env=env) as client:
-        caps = await read_capabilities(client)
-        elements = caps.supports_elements and config.use_elements
+    one_at_a_time = needs_per_patient(profile, config.read)
+    if one_at_a_time:
+        require_cohort(profile, cohort)
+    async with fhir_client(source, config, env=env, profile=profile) as client:
+        # The _elements probe is a search across all patients: not on such a server.
+        caps = await read_capabilities(client, probe_elements=not one_at_a_time)
+        if one_at_a_time:
+            read = await read_per_patient(
+                client,
+                tally,
+                kinds=SURVEYED,
+                profile=profile,
+                capabilities=caps,
+                cohort=cohort,
+                categories=categories,
+                as_of=as_of or date.today(),
+                limit=limit,
+                patients=patients,
+                page_size=config.page_size,
+                say=say,
+            )
+            return tally, read
+        elements = caps.supports_elements and config.use_elements and profile.elements
         say("_elements: " + ("honoured, asked for" if elements else "not used"))
         reader = TypeSample(
             client,
             limit=limit,
-            page_size=config.page_size,
-            capabilities=caps if config.use_elements else None,
+            page_size=profile.page_size(config.page_size),
+            capabilities=caps if config.use_elements and profile.elements else None,
         )
         for kind in SURVEYED:
             async for resource in reader.fetch(kind):

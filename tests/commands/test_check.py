@@ -222,6 +222,7 @@ def test_a_good_set_up_passes_every_check_and_exits_0(servers: Servers, site) ->
         "source server",
         "source token",
         "source capabilities",
+        "source profile",
         "sink auth",
         "sink server",
         "sink token",
@@ -490,3 +491,23 @@ def test_an_unlisted_type_is_a_note_not_a_problem() -> None:
         "ResearchStudy, ResearchSubject, Provenance not listed: written at deterministic ids, "
         "unverified"
     ]
+
+
+def test_the_source_profile_is_said_with_what_the_capability_statement_says(
+    servers: Servers, site
+) -> None:
+    """Issue 13: `check` reports the profile and the CapabilityStatement together."""
+    run = check(site(), profile="epic")
+    line = run.line("source profile")
+    assert line.startswith("ok   source profile: profile epic")
+    assert "reads per patient" in line
+    assert "Condition: " in line
+
+
+def test_an_unknown_profile_is_a_failed_check_naming_the_known_ones(servers: Servers, site) -> None:
+    run = check(site(), profile="nosuch")
+    line = run.line("source profile")
+    assert line.startswith("FAIL")
+    assert "unknown server profile 'nosuch'" in line
+    assert "epic" in line
+    assert run.code == ExitCode.USAGE

@@ -421,3 +421,24 @@ def test_the_default_criterion_order_is_the_first_patients_without_the_manual_on
     doc = demo_document()
     by_default = Page(render_report(copy.deepcopy(doc)))
     assert len(by_default.having_class("bar-remaining")) - 1 == len(AUTOMATED)
+
+
+def test_the_summary_says_where_the_cohort_came_from_and_how_the_server_was_read():
+    """Issue 13: a Group's members read one patient at a time, and what that cannot reach."""
+    doc = demo_document()
+    doc["cohort"] = {"form": "group:registry", "members": 91, "inactive": 3, "ended": 3}
+    doc["source_reads"] = {
+        "mode": "per-patient",
+        "profile": "epic",
+        "switched_to_per_patient": False,
+        "unreached": ["Observations without one of the searched categories are not reached"],
+    }
+    html = render(doc)
+    assert "members of group:registry (91 members, 3 inactive, 3 ended)" in html
+    assert "one patient at a time, profile epic" in html
+    assert "Observations without one of the searched categories are not reached" in html
+
+
+def test_a_folder_sweep_by_diagnosis_says_so_and_no_server_read(demo_html):
+    assert "the diagnosis search" in demo_html
+    assert "Server read" not in demo_html

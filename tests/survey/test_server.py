@@ -159,7 +159,8 @@ def test_a_server_that_refuses_type_wide_searches_exits_1_in_one_line(tmp_path, 
     assert code == 1
     lines = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1
-    assert "per-patient reads come with issue 13" in lines[0]
+    assert "--read per-patient" in lines[0]
+    assert "--cohort group:ID" in lines[0]
     assert not (tmp_path / "out" / "survey.json").exists()
 
 
