@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +123,21 @@ def member(demo_id: str, prefix: str) -> dict[str, Any]:
     elif demo_id in ENDS_LATER:
         entry["period"] = {"start": "2025-01-01", "end": "2026-12-31"}
     return entry
+
+
+@pytest.fixture(scope="module")
+def fhir_base_url(private_server: str) -> str:
+    """A server of this module's own: the renamed population and its Group stay out of the
+    session server's diagnosis search, whose counts other modules compare with the demo's."""
+    return private_server
+
+
+@pytest.fixture(scope="module")
+def fhir(fhir_base_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client for this module's server."""
+    headers = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+    with httpx.Client(base_url=fhir_base_url + "/", headers=headers, timeout=60) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
