@@ -29,6 +29,7 @@ from adapter.cli_args import (
     add_check_parser,
     add_runs_parser,
     as_of,
+    bulk_level,
     cohort_spec,
     early_log_options,
     log_level,
@@ -107,6 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="who is screened: `search` (default: the server-wide diagnosis search), "
         "`group:ID` (the members of a FHIR Group), `file:PATH` (one Patient id or "
         "system|value identifier a line); the trial's cohort rules apply to each",
+    )
+    sweep.add_argument(
+        "--bulk",
+        type=bulk_level,
+        default=None,
+        metavar="LEVEL",
+        help="read the server by a Bulk Data export instead of searches: system, patient or "
+        "group:ID (the cohort is then found in the exported Conditions; not with --cohort)",
+    )
+    sweep.add_argument(
+        "--full",
+        action="store_true",
+        help="with --bulk: a full export, not one of what changed since the last (a full one "
+        "also runs every source.full_every_days, default 7)",
+    )
+    sweep.add_argument(
+        "--keep-export",
+        action="store_true",
+        help="keep the exported files in the state folder after the sweep (default: deleted)",
     )
     sweep.add_argument("--batch-size", type=positive, help="patients per server query")
     sweep.add_argument("--page-size", type=positive, help="_count for server searches")
@@ -348,6 +368,15 @@ def _from_site_file(args: argparse.Namespace, site: SiteConfig) -> None:
         raise UsageError("--source is required (or source.url in the site file)")
     if args.command == "sweep":
         args.sink = args.sink or site.sink.url
+        if args.bulk is not None:
+            # With Bulk, the cohort is found in the exported Conditions (issue 14).
+            if args.cohort is not None:
+                raise UsageError(
+                    "--bulk and --cohort exclude each other: with --bulk, the "
+                    "cohort is found in the exported Conditions"
+                )
+            if not is_url(args.source):
+                raise UsageError("--bulk needs a FHIR server's base URL as --source")
     if not args.trial:
         if len(site.trials) != 1:
             several = "several trials are" if site.trials else "no trial is"

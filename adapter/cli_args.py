@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -208,3 +209,16 @@ def cohort_spec(text: str) -> Any:
         return parse_cohort(text)
     except Exception as exc:  # ConfigError/UsageError: one line, no traceback
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bulk_level(text: str) -> tuple[str, str | None]:
+    """`--bulk`: `system`, `patient` or `group:ID` (a FHIR id), as (level, group id)."""
+    if text in ("system", "patient"):
+        return text, None
+    kind, _, group = text.partition(":")
+    if kind == "group" and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", group):
+        return "group", group
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise argparse.ArgumentTypeError(
+        f"unknown Bulk export level {shown!r} (use system, patient or group:ID)"
+    )

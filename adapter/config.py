@@ -99,6 +99,19 @@ class ServerConfig(BaseModel):
     #: `batch` (many patients per search) or `per-patient` (one each); default: the profile's
     #: (`--read`)
     read: Literal["batch", "per-patient"] | None = None
+    #: Bulk Data export (`sweep --bulk`, issue 14): the longest wait between two status polls
+    #: whatever Retry-After says, and the longest an export may take from kick-off to manifest
+    bulk_max_wait: float = Field(default=120.0, gt=0, le=3600)
+    bulk_seconds: float = Field(default=6 * 3600.0, gt=0)
+    #: the largest export file, in MiB, and the longest its download may take, in seconds
+    bulk_file_mb: float = Field(default=50 * 1024.0, gt=0)
+    bulk_file_seconds: float = Field(default=3600.0, gt=0)
+    #: an interrupted export is resumed (polled, its files downloaded) when it was started at
+    #: most this many hours ago; an older one is started anew
+    bulk_resume_hours: float = Field(default=24.0, gt=0)
+    #: incremental Bulk runs (`_since` the last export) between full exports: a full export
+    #: every this many days (`--full` forces one)
+    full_every_days: int = Field(default=7, ge=1)
 
     @field_validator("auth", mode="before")
     @classmethod

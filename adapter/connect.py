@@ -123,13 +123,15 @@ async def open_source(
     batch_size: int | None = None,
     page_size: int | None = None,
     profile: ServerProfile = GENERIC,
+    exported: frozenset[str] = frozenset(),
 ) -> AsyncIterator[Source]:
     """A FolderSource for a path, a RestSource (capabilities read first) for a base URL.
 
     A server is searched as `profile` says, in `config.read` mode (default: the profile's).
+    `exported`: the types a Bulk export in the folder asked for (a missing file is none of them).
     """
     if not is_url(text):
-        folder = FolderSource(Path(text))
+        folder = FolderSource(Path(text), exported=exported)
         try:
             yield folder
         finally:

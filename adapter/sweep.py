@@ -85,17 +85,22 @@ class SweepResult:
     cohort: dict[str, object] = field(default_factory=lambda: {"form": "search"})
     #: how the source read: mode, profile, a switch to per-patient reads, what it cannot reach
     reads: ReadNotes = field(default_factory=ReadNotes)
+    #: the Bulk export read (`sweep --bulk`, adapter.bulk.export.Export.summary), else None
+    bulk: dict[str, object] | None = None
+    #: the export's error files say some data may be missing: nothing may be written
+    export_blocking: bool = False
 
     @property
     def withhold_writes(self) -> bool:
         """Whether nothing may be written: an unreadable line names no patient for sure, so any
         patient's data may be missing a piece, and a sink never takes a verdict back."""
-        return any(item.patient is None for item in self.unreadable)
+        return self.export_blocking or any(item.patient is None for item in self.unreadable)
 
     @property
     def partial(self) -> bool:
-        """Done, but not whole (exit 3): patients under `errors`, or input skipped as unreadable."""
-        return bool(self.errors or self.unreadable)
+        """Done, but not whole (exit 3): patients under `errors`, input skipped as unreadable,
+        or an export whose error files say data may be missing."""
+        return bool(self.errors or self.unreadable or self.export_blocking)
 
 
 def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
@@ -173,6 +178,15 @@ async def _members_in_cohort(
     result.cohort = {"form": spec.describe(), **members.summary()}
     for line in members.describe():
         log.info("cohort: %s", line)
+    unnamed = len(members.unresolved_lines) + len(members.ambiguous_lines) + len(members.bad_lines)
+    if unnamed:
+        # The night's job is quiet at warning level: a list that names nobody must still show.
+        log.warning(
+            "cohort: %d %s of %s named no single Patient (line numbers in results.json, cohort)",
+            unnamed,
+            "line" if unnamed == 1 else "lines",
+            spec.describe(),
+        )
     candidates = frozenset(members.ids)
     if not candidates:
         return set(), {}
@@ -192,9 +206,9 @@ async def _members_in_cohort(
     result.cohort["without_conditions"] = bare
     if outside:
         log.info(
-            "cohort: %d members have no active diagnosis of the trial's cohort (%d of them no "
-            "Condition at all, or no Patient by that id)",
-            outside,
+            "cohort: %s no active diagnosis of the trial's cohort (%d of them no Condition at "
+            "all, or no Patient by that id)",
+            "1 member has" if outside == 1 else f"{outside} members have",
             bare,
         )
     return ids, conditions

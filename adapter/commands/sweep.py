@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from adapter.bulk.export import Export
+from adapter.commands.export_phase import export_for_sweep, finish_for_sweep
 from adapter.commands.runs import run_metadata, with_changes
 from adapter.config import SiteConfig
 from adapter.connect import is_url, open_source, source_profile
@@ -47,6 +49,8 @@ class _Run:
 
     result: SweepResult | None = None
     doc: dict[str, Any] | None = None
+    #: the Bulk export the sweep read (`--bulk`), cleaned up once the run is recorded
+    export: Export | None = None
 
 
 def _exit_code_of(exc: BaseException) -> ExitCode:
@@ -133,7 +137,17 @@ async def _recorded_sweep(
         )
         try:
             writes = await _sweep_run(
-                args, trial, as_of, out_dir, out_base, ledger, started, run, site=site, say=say
+                args,
+                trial,
+                as_of,
+                out_dir,
+                out_base,
+                ledger,
+                started,
+                run,
+                site=site,
+                say=say,
+                state_dir=state_dir,
             )
         except BaseException as exc:
             try:
@@ -146,6 +160,9 @@ async def _recorded_sweep(
         assert run.doc is not None
         code = ExitCode.PARTIAL if run.result.partial else ExitCode.OK
         _finish(ledger, args.run_id, code, run.result)
+    if run.export is not None:
+        # After the run is recorded: an interrupted run keeps the job and files to resume.
+        await finish_for_sweep(args, site, run.export)
     _print_summary(run.result, run.doc, out_dir, writes)
     return code
 
@@ -173,19 +190,26 @@ async def _sweep_run(
     *,
     site: SiteConfig,
     say: Say,
+    state_dir: Path,
 ) -> dict[str, str]:
     """The sweep, its reports and the sink; `run` holds the SweepResult once there is one and
-    the last report written, for the ledger and the notification however this ends."""
+    the last report written, for the ledger and the notification however this ends. With
+    `--bulk`, the export is made (or taken up) first and its folder is what the sweep reads."""
     tracker = choose_progress(sys.stderr, quiet=args.quiet, term=os.environ.get("TERM"))
     try:
+        source_text = args.source
+        if args.bulk is not None:
+            run.export = await export_for_sweep(args, trial, site, state_dir, tracker)
+            source_text = str(run.export.folder.source_dir)
         async with open_source(
-            args.source,
+            source_text,
             site.source,
             env=os.environ,
             say=say,
             batch_size=args.batch_size,
             page_size=args.page_size,
             profile=source_profile(args, site),
+            exported=frozenset(run.export.state.request.types) if run.export else frozenset(),
         ) as source:
             result = await run_sweep(
                 trial,
@@ -196,6 +220,9 @@ async def _sweep_run(
                 tracker=tracker,
                 cohort=args.cohort,
             )
+        if run.export is not None:
+            result.bulk = run.export.summary()
+            result.export_blocking = run.export.blocking
     except FhirError as exc:
         _keep_server_words(out_dir, exc, args.run_id)
         raise

@@ -122,6 +122,8 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "writes_withheld": sweep.withhold_writes,
         # issue 13: where the cohort came from, and how the source read (what it cannot reach)
         "cohort": dict(sweep.cohort),
+        # issue 14: the Bulk export read (level, transactionTime, files per type, coded issues)
+        "bulk": sweep.bulk,
         "source_reads": {
             "mode": sweep.reads.mode,
             "profile": sweep.reads.profile,

@@ -94,8 +94,11 @@ class FolderSource:
     JSON files skipped as unparseable (once each). All add up over every `fetch`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exported: frozenset[str] = frozenset()) -> None:
         self.path = path
+        #: the types a Bulk export of this folder asked for (issue 14): a server writes no file
+        #: for a type it had nothing of, so a missing file of one of them is none, not a gap
+        self.exported = exported
         self.yielded: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.other_patients: Counter[str] = Counter()
@@ -202,6 +205,8 @@ class FolderSource:
 
     def _stream(self, query: Query, precheck: Precheck | None = None) -> _Stream:
         kind = query.resource_type
+        if not self._files and kind in self.exported:
+            return
         if not self._files:
             raise IncompleteInputError(
                 f"{self.path}: no FHIR files in the folder (*.ndjson, *.ndjson.gz, *.json)"
@@ -216,7 +221,7 @@ class FolderSource:
                 yield None
             elif file.ndjson_type == kind:
                 present += yield from self._read_ndjson(file.path, query, precheck)
-        if not present:
+        if not present and kind not in self.exported:
             where = f"no {kind}.ndjson file"
             if any(f.ndjson_type is None for f in self._files):
                 where += " and none in the JSON files"
