@@ -53,21 +53,27 @@ def default_state_dir(env: Mapping[str, str], home: Path) -> Path:
 def prepare_state_dir(path: Path) -> Path:
     """Create `path` and `locks/` with mode 0700 (tighten a looser one); refuse another's folder."""
     for folder in (path, path / LOCKS):
-        try:
-            folder.mkdir(mode=_PRIVATE, parents=True, exist_ok=True)
-            info = folder.lstat()
-        except OSError as exc:
-            raise StateDirError(f"state folder {folder}: {exc.strerror or exc}") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise StateDirError(f"state folder {folder} is not a folder")
-        if info.st_uid != os.getuid():
-            raise StateDirError(f"state folder {folder} belongs to another user")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            try:
-                folder.chmod(_PRIVATE)
-            except OSError as exc:
-                raise StateDirError(f"state folder {folder}: {exc.strerror or exc}") from None
+        private_folder(folder, "state folder", parents=True)
     return path
+
+
+def private_folder(folder: Path, what: str, *, parents: bool = False) -> None:
+    """Make `folder` (0700; a looser mode tightened), or refuse it: a symlink or a file in its
+    place, or another user's folder, is a StateDirError naming `what` it is."""
+    try:
+        folder.mkdir(mode=_PRIVATE, parents=parents, exist_ok=True)
+        info = folder.lstat()
+    except OSError as exc:
+        raise StateDirError(f"{what} {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StateDirError(f"{what} {folder} is not a folder")
+    if info.st_uid != os.getuid():
+        raise StateDirError(f"{what} {folder} belongs to another user")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        try:
+            folder.chmod(_PRIVATE)
+        except OSError as exc:
+            raise StateDirError(f"{what} {folder}: {exc.strerror or exc}") from None
 
 
 def sink_identity(sink: str) -> str:

@@ -42,7 +42,7 @@ from adapter.errors import (
     UntrustedUrlError,
 )
 from adapter.fhir.bodies import declared_length, describe
-from adapter.fhir.client import FhirClient, retry_reason, transport_error
+from adapter.fhir.client import FhirClient, log_retry, transport_error
 from adapter.fhir.limits import Clock, response_date, retry_after_seconds
 from adapter.fhir.outcome import status_error
 from adapter.fhir.urls import is_loopback, parse_url
@@ -291,7 +291,8 @@ async def download(
         wait = policy.next_wait(failed, 0.0, retry_after=exc.wait, jitter=random.random())
         if wait is None or transfer.elapsed() + wait > deadline_seconds:
             return False
-        _log_retry(dest.name, exc.error, failed, policy.attempts, wait)
+        what = f"Bulk file {dest.name}"
+        log_retry(what, {"file": dest.name}, exc.error, failed, policy.attempts, wait, logger=log)
         return wait
 
     try:
@@ -447,26 +448,3 @@ def _without_query(url: str) -> str:
     except ValueError:
         return url
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-# -- errors and logs -------------------------------------------------------------------------------
-
-
-def _log_retry(name: str, error: FhirError, failed: int, attempts: int, wait: float) -> None:
-    reason = retry_reason(error)
-    log.warning(
-        "Bulk file %s: %s on attempt %d of %d, retrying in %.1f s",
-        name,
-        reason,
-        failed,
-        attempts,
-        wait,
-        extra={
-            "event": "retry",
-            "file": name,
-            "reason": reason,
-            "attempt": failed,
-            "attempts": attempts,
-            "wait": round(wait, 3),
-        },
-    )

@@ -32,7 +32,7 @@ import orjson
 
 from adapter.bulk.model import DownloadedFile, ExportRequest, JobState, Manifest, OutputFile
 from adapter.errors import StateDirError
-from adapter.state import sink_identity
+from adapter.state import private_folder, sink_identity
 
 log = logging.getLogger(__name__)
 
@@ -262,17 +262,7 @@ class JobFolder:
 
 
 def _private_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(mode=_PRIVATE, exist_ok=True)
-        info = folder.lstat()
-    except OSError as exc:
-        raise StateDirError(f"Bulk job folder {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise StateDirError(f"Bulk job folder {folder} is not a folder")
-    if info.st_uid != os.getuid():
-        raise StateDirError(f"Bulk job folder {folder} belongs to another user")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        folder.chmod(_PRIVATE)
+    private_folder(folder, "Bulk job folder")
 
 
 def fsync_folder(folder: Path) -> None:

@@ -287,7 +287,9 @@ class FhirClient:
             wait = policy.next_wait(failed, elapsed, retry_after=exc.wait, jitter=self._jitter())
             if wait is None:
                 return False
-            _log_retry(method, self.log_path(url), exc.error, failed, policy.attempts, wait)
+            path = self.log_path(url)
+            fields = {"method": method, "path": path}
+            log_retry(f"{method} {path}", fields, exc.error, failed, policy.attempts, wait)
             return wait
 
         try:
@@ -388,22 +390,30 @@ class FhirClient:
             raise InvalidResponseError("response body could not be decoded", url=url) from exc
 
 
-def _log_retry(
-    method: str, path: str, error: FhirError, failed: int, attempts: int, wait: float
+def log_retry(
+    what: str,
+    fields: Mapping[str, str],
+    error: FhirError,
+    failed: int,
+    attempts: int,
+    wait: float,
+    *,
+    logger: logging.Logger = log,
 ) -> None:
+    """One warning line for a retry: `what` failed (`GET /fhir/Patient`, `Bulk file
+    Observation.000.ndjson`), why in a fixed word, the attempt and the wait; `fields` go to the
+    JSON log as they are (never a query: they may hold patient ids or signatures)."""
     reason = retry_reason(error)
-    log.warning(
-        "%s %s: %s on attempt %d of %d, retrying in %.1f s",
-        method,
-        path,
+    logger.warning(
+        "%s: %s on attempt %d of %d, retrying in %.1f s",
+        what,
         reason,
         failed,
         attempts,
         wait,
         extra={
             "event": "retry",
-            "method": method,
-            "path": path,
+            **fields,
             "reason": reason,
             "attempt": failed,
             "attempts": attempts,
