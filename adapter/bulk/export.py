@@ -12,6 +12,10 @@ they are to be kept) once the sweep that used them is done.
 Error files (OperationOutcome NDJSON) are read as coded issues only (never their free text);
 an error or fatal issue means the export may lack some patient's data, so the sweep holds its
 writes back (exit 3), as it does for an unreadable line.
+
+Incremental runs (`_since`, adapter.bulk.incremental) use the same job: `export_request` takes
+the `since`, and `Export.notes` says how the run used the export and the facts store (full or
+incremental, what changed), for results.json; `Export.source_dir` is the folder the sweep reads.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlencode
 
 from adapter.bulk.client import BulkJobGoneError, check_export, delete_job, kick_off, poll
@@ -42,6 +47,46 @@ Progress = Callable[[str | None], None]
 
 
 @dataclass
+class BulkNotes:
+    """How a `sweep --bulk` used its export and the facts store (issue 14), for results.json.
+
+    `mode` full or incremental; `reason` why a run is full; `store` the facts store's path (None:
+    the run keeps none). Incremental only: `changed_patients` re-read through the search API,
+    `deleted` resources seen to have gone, `deletions` how they were seen (`manifest`,
+    `history`, `unseen`; `unseen_types` the types no way covered), `resources_fetched` per type,
+    `left_group` patients no longer in the exported Group, `view` resources per type the sweep
+    read, `unreadable` lines of the changes carried into it. No patient data.
+    """
+
+    mode: Literal["full", "incremental"]
+    store: Path | None = None
+    reason: str = ""
+    changed_patients: int = 0
+    deleted: int = 0
+    deletions: str | None = None
+    unseen_types: list[str] = field(default_factory=list)
+    resources_fetched: dict[str, int] = field(default_factory=dict)
+    left_group: int = 0
+    view: dict[str, int] = field(default_factory=dict)
+    unreadable: int = 0
+
+    def summary(self) -> dict[str, object]:
+        if self.mode == "full":
+            return {"mode": "full", "full_because": self.reason}
+        return {
+            "mode": "incremental",
+            "changed_patients": self.changed_patients,
+            "deleted": self.deleted,
+            "deletions": self.deletions,
+            "deletions_unseen_types": self.unseen_types,
+            "resources_fetched": self.resources_fetched,
+            "left_group": self.left_group,
+            "view": self.view,
+            "unreadable_changes": self.unreadable,
+        }
+
+
+@dataclass
 class Export:
     """An export on disk, ready to sweep: the folder, the manifest, what its error files say."""
 
@@ -51,11 +96,19 @@ class Export:
     #: coded issues of the error files (`severity/code (system|code)`), in file order
     issues: list[str] = field(default_factory=list)
     resumed: bool = False
+    #: how the sweep used the export (full or incremental); None outside `sweep --bulk`
+    notes: BulkNotes | None = None
 
     @property
     def blocking(self) -> bool:
         """Whether an error file says some data may be missing (writes are then held back)."""
         return is_blocking(self.issues)
+
+    @property
+    def source_dir(self) -> Path:
+        """The folder the sweep reads: the export's files, or an incremental run's view of the
+        facts store (`folder.source_dir` says the same)."""
+        return self.folder.source_dir
 
     def summary(self) -> dict[str, object]:
         """For results.json: no URL (signed file URLs carry secrets), no patient data."""
@@ -63,7 +116,7 @@ class Export:
         for f in self.manifest.output:
             files[f.type] = files.get(f.type, 0) + 1
         request = self.state.request
-        return {
+        summary: dict[str, object] = {
             "level": request.level if request.group_id is None else f"group:{request.group_id}",
             "types": list(request.types),
             "type_filters": len(request.type_filters),
@@ -74,12 +127,16 @@ class Export:
             "issues": self.issues,
             "resumed": self.resumed,
         }
+        if self.notes is not None:
+            summary.update(self.notes.summary())
+        return summary
 
 
 def export_request(
     trial: Trial, level: Level, group_id: str | None, *, since: str | None = None
 ) -> ExportRequest:
-    """What a sweep of `trial` asks for: the types it reads, Observations only of its codes."""
+    """What a sweep of `trial` asks for: the types it reads, Observations only of its codes;
+    `since` (an instant) for an incremental run."""
     types = ["Patient", "Condition", *sorted(trial.reads() - {"Patient", "Condition"})]
     filters: list[str] = []
     if "Observation" in types:
@@ -113,7 +170,7 @@ async def run_export(
         state.request != request or state.swept or stale(state, now(), config.bulk_resume_hours)
     ):
         log.info("an earlier export of this trial is not taken up (done, changed or too old)")
-        if state.status_url is not None and not state.swept:
+        if state.status_url is not None:
             await delete_job(client, state.status_url)
         folder.clear()
         folder = JobFolder.open(state_dir, folder.key)
@@ -190,10 +247,12 @@ async def run_export(
 async def finish_export(client: FhirClient, export: Export, *, keep: bool) -> None:
     """After the sweep: DELETE the job on the server, and remove the files unless `keep`."""
     state = export.state
-    if state.status_url is not None:
-        await delete_job(client, state.status_url)
+    # Swept first: a run killed during the DELETE must not leave files a later run takes up and
+    # sweeps again. The DELETE is sent again by whoever finds the job (a 404 then is fine).
     state.swept = True
     export.folder.save(state)
+    if state.status_url is not None:
+        await delete_job(client, state.status_url)
     if keep:
         log.info("the exported files are kept in %s", export.folder.path)
     else:

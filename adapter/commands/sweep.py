@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from adapter.bulk.export import Export
+from adapter.cohorts import CohortSpec
 from adapter.commands.export_phase import export_for_sweep, finish_for_sweep
 from adapter.commands.runs import run_metadata, with_changes
 from adapter.config import SiteConfig
@@ -51,6 +52,13 @@ class _Run:
     doc: dict[str, Any] | None = None
     #: the Bulk export the sweep read (`--bulk`), cleaned up once the run is recorded
     export: Export | None = None
+
+
+def _bulk_group(args: argparse.Namespace) -> CohortSpec | None:
+    """`--bulk group:ID`: the Group's current members only (its export holds them all)."""
+    if args.bulk is None or args.bulk[0] != "group":
+        return None
+    return CohortSpec("group", args.bulk[1])
 
 
 def _exit_code_of(exc: BaseException) -> ExitCode:
@@ -218,7 +226,7 @@ async def _sweep_run(
                 progress=say,
                 mrn_system=site.mrn_system,
                 tracker=tracker,
-                cohort=args.cohort,
+                cohort=_bulk_group(args) or args.cohort,
             )
         if run.export is not None:
             result.bulk = run.export.summary()
