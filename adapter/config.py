@@ -101,7 +101,7 @@ class ServerConfig(BaseModel):
     read: Literal["batch", "per-patient"] | None = None
     #: Bulk Data export (`sweep --bulk`, issue 14): the longest wait between two status polls
     #: whatever Retry-After says, and the longest an export may take from kick-off to manifest
-    bulk_max_wait: float = Field(default=120.0, gt=0, le=3600)
+    bulk_max_wait: float = Field(default=120.0, ge=1, le=3600)
     bulk_seconds: float = Field(default=6 * 3600.0, gt=0)
     #: the largest export file, in MiB, and the longest its download may take, in seconds
     bulk_file_mb: float = Field(default=50 * 1024.0, gt=0)

@@ -87,12 +87,20 @@ async def deliver(
         return
     if result.withhold_writes:
         # Before the sink is opened: not even its CapabilityStatement is read.
-        log.warning(
-            "sink: nothing %s, writes withheld: %d unreadable input lines (see unreadable_input "
-            "in results.json)",
-            "planned" if dry_run else "written",
-            len(result.unreadable),
-        )
+        done = "planned" if dry_run else "written"
+        if result.export_blocking:
+            log.warning(
+                "sink: nothing %s, writes withheld: the export's error files say data may be "
+                "missing (see bulk.issues in results.json)",
+                done,
+            )
+        else:
+            log.warning(
+                "sink: nothing %s, writes withheld: %d unreadable input lines (see "
+                "unreadable_input in results.json)",
+                done,
+                len(result.unreadable),
+            )
         return
     track = tracker or NoProgress()
     track.stage("writes", sum(1 for v in result.verdicts if v.status in _FLAGGED))
