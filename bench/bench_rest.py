@@ -1,110 +1,111 @@
-"""REST benchmark: the adapter's sweep over a FHIR server, against the plain-paging floor.
+"""The REST benchmark of issue #15 (`make bench-rest`): the adapter's sweep over a FHIR server.
 
-Starts its own sekmet-fhir instance (tools/fhir-server/server.sh, state in a temporary folder,
-port BENCH_FHIR_PORT, default 8790), loads synthea-r4-615 into it through transaction Bundles
-(PUT entries), and measures, as medians of BENCH_RUNS runs (default 3):
+For each dataset (BENCH_REST_DATA, default `synthea-615,2000`: the shared Synthea 615, and a
+2,000-patient population from bench/generate.py), a sekmet-fhir instance of its own
+(tools/fhir-server/server.sh, state in a temporary folder, port BENCH_FHIR_PORT, never the test
+server's 8765) is started and loaded through transaction Bundles of PUTs (loading is timed apart,
+never in a ratio). Then, for each trial on its own, as medians of BENCH_RUNS runs:
 
-  (a) the floor: plain httpx + orjson paging in series over
-      `Observation?code=<the t2dm trial's codes + the hcc trial's lab codes>&_count=1000`;
-      and, with BENCH_CALIBRATE=1, ../shared/PERFORMANCE.md's own floor query (its 8 lab codes);
-  (b) the adapter's REST sweep of t2dm-glycaemic-control as of 2021-04-01
-      (`adapter.connect.open_source(url, ServerConfig(), ...)` + `run_sweep`), with the
-      requests it made, and the same with two ServerConfig variants (bigger pages, no count);
-  (c) the same sweep from the folder source.
+  - the sweep in-process: `adapter.connect.open_source(url, ServerConfig(), ...)` then
+    `run_sweep`, timed without open_source (which reads /metadata once per process); every HTTP
+    exchange is recorded by wrapping `httpx.AsyncHTTPTransport.handle_async_request` in this
+    process: method, the whole URL (the adapter's own logs hide ids and queries), the body of a
+    `POST _search`, and the response;
+  - the floor: exactly those requests replayed plainly, one at a time, with httpx and orjson;
+  - resources fetched (every entry of every response, duplicates included) against the distinct
+    resources of cohort patients among them (the Patients themselves and the resources whose
+    subject is one): the waste of fetching other patients' resources, or the same ones twice;
+  - the peer: fhirpy, in its own venv (bench/.venv-fhirpy, made by `make bench-rest`), running
+    the same searches (the sweep's first pages, without `_summary=count`; it follows the next
+    links itself), medians of BENCH_RUNS in its own process;
+  - the same sweep from the folder source, which must agree with the REST sweep (cohort,
+    per-patient statuses, errors, Patients and Conditions read, Observations used and
+    unusable); a difference is a WARNING and exit status 1, as is an hcc patient of a generated
+    population whose status is not the demo's.
 
-The server is stopped at the end, also on failure or Ctrl-C. Results of the REST and folder sweeps
-must agree (cohort, per-patient statuses, errors, facts read and used): a difference is printed as
-a WARNING and the exit status is 1. Nothing here asserts a time. See bench/README.md.
+Targets (issue #15): the in-process sweep at most 1.05x the replay; resources fetched at most
+1.05x the cohort's; fhirpy slower than the sweep. Saved as JSON under
+bench/results/<date>-<sha>-rest.json. Nothing here asserts a time.
 
 Environment:
   TRIAL_ADAPTER_SHARED   the shared folder (default ../shared next to the repository)
+  BENCH_REST_DATA        datasets, comma-separated: `synthea-615` and/or patient counts
   BENCH_RUNS             runs per measurement (default 3)
   BENCH_FHIR_PORT        port of the temporary server (default 8790; another free port if taken)
-  BENCH_LOAD             `all` (default): every Patient, Condition and Observation;
-                         `needed`: only the Observations with a code of the floor query (about
-                         16k of 88k; loads in ~20 s instead of ~2 min, but this server's searches
-                         cost grows with every Observation it holds: NOT comparable with `all`)
   BENCH_LOAD_BATCH       entries per transaction Bundle (default 2000)
-  BENCH_CALIBRATE        1 adds PERFORMANCE.md's floor query (default 0: ~25 s more)
-  BENCH_FHIR_URL         use this already running and loaded server instead (nothing is started,
-                         loaded or stopped; it must hold synthea-r4-615 as loaded here)
+  BENCH_FHIRPY           0 skips the fhirpy peer
+  BENCH_FHIR_URL         an already running server holding the one dataset of BENCH_REST_DATA
+                         (nothing is started, loaded or stopped)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
+import json
 import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import common
+import generate
 import httpx
 import orjson
+from common import HCC, T2DM
 
 from adapter.config import ServerConfig
 from adapter.connect import open_source
-from adapter.facts.model import Coding
-from adapter.sources.rest import code_token
 from adapter.sweep import SweepResult, run_sweep
 from adapter.trials import Trial, load_trial
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TRIAL_ADAPTER_SHARED") or ROOT.parent / "shared") / "data"
-DATA = SHARED / "synthea-r4-615"
+ROOT = common.ROOT
 SERVER_SH = ROOT / "tools" / "fhir-server" / "server.sh"
+FHIRPY_PYTHON = ROOT / "bench" / ".venv-fhirpy" / "bin" / "python"
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PORT = int(os.environ.get("BENCH_FHIR_PORT", "8790"))
-LOAD = os.environ.get("BENCH_LOAD", "all")
 LOAD_BATCH = int(os.environ.get("BENCH_LOAD_BATCH", "2000"))
-CALIBRATE = os.environ.get("BENCH_CALIBRATE", "0") == "1"
+DATASETS = os.environ.get("BENCH_REST_DATA", "synthea-615,2000")
+FHIRPY = os.environ.get("BENCH_FHIRPY", "1") != "0"
 EXTERNAL_URL = os.environ.get("BENCH_FHIR_URL")
+TRIALS = (T2DM, HCC)
+TARGET_SWEEP = 1.05
+TARGET_FETCHED = 1.05
+LOAD_TYPES = ("Patient", "Condition", "Observation", "Procedure")
 
-TRIAL = "t2dm-glycaemic-control"
-HCC = "hcc-ablation-lenvatinib-pd1"
-AS_OF = date(2021, 4, 1)
-PAGE = 1000  # sekmet's MAX_COUNT, and PERFORMANCE.md's page size
-# The hcc trial's analytes that are not laboratory results (scores, vital signs, imaging).
-NON_LAB_ANALYTES = frozenset({"ecog", "systolic_bp", "diastolic_bp", "tumour_size", "nyha_class"})
-# ../shared/PERFORMANCE.md's floor query: "8 LOINC codes", 11,008 Observations. It does not list
-# them; these hcc labs are one of the two 8-code sets that match exactly 11,008 (the other has
-# 777-3, platelets, for 6690-2, leukocytes: both have 1,233 Observations).
-PERFORMANCE_MD_CODES = (
-    "1742-6",
-    "1751-7",
-    "1920-8",
-    "1975-2",
-    "38483-4",
-    "6299-2",
-    "6690-2",
-    "718-7",
-)
-# Loaded: what the t2dm sweep reads (Patient, Condition, Observation). Procedure is not: no
-# measured query reads it (the t2dm trial reads no Procedure; the floor reads Observations only).
-LOAD_TYPES = ("Patient", "Condition", "Observation")
-
-T = TypeVar("T")
+say = common.say
 
 
-def say(message: str) -> None:
-    print(f"bench_rest: {message}", file=sys.stderr, flush=True)
+# ---------------------------------------------------------------- datasets and the server
 
 
-# ---------------------------------------------------------------- the server
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    folder: Path
+    generated: bool
+
+
+def datasets() -> list[Dataset]:
+    found = []
+    for item in filter(None, (s.strip() for s in DATASETS.split(","))):
+        if item == "synthea-615":
+            found.append(Dataset(item, generate.default_source(), False))
+        else:
+            params = generate.Params(int(item), seed=1)
+            found.append(Dataset(f"{int(item):,} patients", common.population(params), True))
+    return found
 
 
 def _port_free(port: int) -> bool:
@@ -167,32 +168,8 @@ def temporary_server() -> Iterator[str]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- loading
-
-
-def floor_codings() -> set[Coding]:
-    """The t2dm trial's Observation codes and the hcc trial's lab codes."""
-    codings = set(load_trial(TRIAL).observation_codes())
-    hcc = load_trial(HCC)
-    for name in hcc.needed_analytes() - NON_LAB_ANALYTES:
-        analyte = hcc.analytes[name]
-        codings.update(analyte.codes)
-        codings.update(analyte.panel_codes)
-    return codings
-
-
-def floor_tokens() -> list[str]:
-    """`system|code` search tokens of `floor_codings`, escaped as the adapter does."""
-    return sorted(code_token(c) for c in floor_codings())
-
-
-def _has_code(resource: dict[str, Any], wanted: frozenset[tuple[str, str]]) -> bool:
-    codings = (resource.get("code") or {}).get("coding") or []
-    return any((c.get("system"), c.get("code")) in wanted for c in codings)
-
-
-def load(base: str, wanted: frozenset[tuple[str, str]] | None) -> tuple[Counter[str], float]:
-    """PUT the data through transaction Bundles; Observations only with `wanted` codes if given."""
+def load(base: str, folder: Path) -> tuple[Counter[str], float]:
+    """PUT every Patient, Condition, Observation and Procedure through transaction Bundles."""
     loaded: Counter[str] = Counter()
     headers = {
         "Content-Type": "application/fhir+json",
@@ -225,17 +202,12 @@ def load(base: str, wanted: frozenset[tuple[str, str]] | None) -> tuple[Counter[
         for kind in LOAD_TYPES:
             t0 = time.perf_counter()
             batch: list[bytes] = []
-            with gzip.open(DATA / f"{kind}.ndjson.gz") as lines:
-                for line in lines:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    resource = orjson.loads(line)
-                    observation = kind == "Observation"
-                    if observation and wanted is not None and not _has_code(resource, wanted):
-                        loaded["Observation skipped"] += 1
-                        continue
-                    url = orjson.dumps(f"{kind}/{resource['id']}")
+            for path in common.ndjson_files(folder):
+                if path.name.split(".", 1)[0] != kind:
+                    continue
+                for line in generate._lines(path):
+                    rid = orjson.loads(line)["id"]
+                    url = orjson.dumps(f"{kind}/{rid}")
                     batch.append(
                         b'{"resource":' + line + b',"request":{"method":"PUT","url":' + url + b"}}"
                     )
@@ -248,65 +220,40 @@ def load(base: str, wanted: frozenset[tuple[str, str]] | None) -> tuple[Counter[
     return loaded, time.perf_counter() - start
 
 
-# ---------------------------------------------------------------- measuring
-
-
-def median_of(fn: Callable[[], T]) -> tuple[float, list[tuple[float, T]]]:
-    """The median wall time of RUNS calls, and each run's (seconds, result)."""
-    runs = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        value = fn()
-        runs.append((time.perf_counter() - start, value))
-    return statistics.median(s for s, _ in runs), runs
-
-
-def median_run(runs: list[tuple[float, T]]) -> T:
-    ordered = sorted(runs, key=lambda r: r[0])
-    return ordered[(len(ordered) - 1) // 2][1]
-
-
-def floor_paging(base: str, tokens: list[str]) -> tuple[int, int]:
-    """Plain httpx + orjson, in series, along next links: (resources, requests)."""
-    params = {"code": ",".join(tokens), "_count": str(PAGE)}
-    n = requests = 0
-    with httpx.Client(headers={"Accept": "application/fhir+json"}, timeout=600) as client:
-        url: str | None = f"{base}/Observation"
-        while url is not None:
-            response = client.get(url, params=params if requests == 0 else None)
-            response.raise_for_status()
-            page = orjson.loads(response.content)
-            requests += 1
-            n += sum(
-                1
-                for e in page.get("entry", ())
-                if e.get("resource", {}).get("resourceType") == "Observation"
-            )
-            url = next(
-                (link["url"] for link in page.get("link", ()) if link.get("relation") == "next"),
-                None,
-            )
-    return n, requests
+# ---------------------------------------------------------------- recording the adapter's HTTP
 
 
 @dataclass
 class Exchange:
-    kind: str
+    method: str
+    url: str
+    content: bytes
+    content_type: str | None
     seconds: float
-    size: int
-    page_size: str | None
+    status: int
+    body: bytes
     in_sweep: bool
 
+    def query(self) -> list[tuple[str, str]]:
+        pairs = parse_qsl(urlsplit(self.url).query, keep_blank_values=True)
+        if self.method == "POST" and self.url.rstrip("/").endswith("/_search"):
+            pairs += parse_qsl(self.content.decode("ascii", "replace"), keep_blank_values=True)
+        return pairs
 
-@dataclass
-class RestRun:
-    result: SweepResult
-    exchanges: list[Exchange] = field(default_factory=list)
-    sweep_seconds: float = 0.0
+    def resource_type(self) -> str:
+        parts = urlsplit(self.url).path.rstrip("/").split("/")
+        return parts[-2] if parts[-1] == "_search" else parts[-1]
+
+    def is_count(self) -> bool:
+        return ("_summary", "count") in self.query()
 
 
 class _Recorder:
-    """Times every `httpx.AsyncClient.send` of the process while installed (the adapter's HTTP)."""
+    """Records every request the adapter sends while installed, with its whole response.
+
+    At the transport, below the adapter's client: the URL is the one sent (ids and all), and
+    the body is read here, decoded, then handed on as if it were the server's.
+    """
 
     def __init__(self) -> None:
         self.exchanges: list[Exchange] = []
@@ -314,64 +261,182 @@ class _Recorder:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Recorder]:
-        original = httpx.AsyncClient.send
+        original = httpx.AsyncHTTPTransport.handle_async_request
         recorder = self
 
-        async def send(
-            client: httpx.AsyncClient, request: httpx.Request, *args: Any, **kwargs: Any
+        async def handle(
+            transport: httpx.AsyncHTTPTransport, request: httpx.Request
         ) -> httpx.Response:
             start = time.perf_counter()
-            response = await original(client, request, *args, **kwargs)
-            seconds = time.perf_counter() - start
-            recorder.exchanges.append(_exchange(request, response, seconds, recorder.in_sweep))
+            response = await original(transport, request)
+            await response.aread()
+            recorder.exchanges.append(
+                Exchange(
+                    request.method,
+                    str(request.url),
+                    request.content,
+                    request.headers.get("Content-Type"),
+                    time.perf_counter() - start,
+                    response.status_code,
+                    response.content,
+                    recorder.in_sweep,
+                )
+            )
             return response
 
-        httpx.AsyncClient.send = send  # type: ignore[method-assign,assignment]
+        httpx.AsyncHTTPTransport.handle_async_request = handle  # type: ignore[method-assign,assignment]
         try:
             yield self
         finally:
-            httpx.AsyncClient.send = original  # type: ignore[method-assign]
+            httpx.AsyncHTTPTransport.handle_async_request = original  # type: ignore[method-assign]
 
 
-def _exchange(
-    request: httpx.Request, response: httpx.Response, seconds: float, in_sweep: bool
-) -> Exchange:
-    parts = urlsplit(str(request.url))
-    query = dict(parse_qsl(parts.query))
-    if request.method == "POST" and parts.path.endswith("/_search"):
-        query.update(parse_qsl(request.content.decode("ascii", "replace")))
-    kind = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    if kind == "_search":
-        kind = parts.path.rstrip("/").rsplit("/", 2)[-2] + " (POST)"
-    if query.get("_summary") == "count":
-        kind += " _summary=count"
-    elif kind != "metadata":
-        kind += " next page" if query.get("_offset", "0") != "0" else " first page"
-    return Exchange(kind, seconds, len(response.content), query.get("_count"), in_sweep)
+@dataclass
+class RestRun:
+    result: SweepResult
+    exchanges: list[Exchange] = field(default_factory=list)
+    sweep_seconds: float = 0.0
+    open_seconds: float = 0.0
+
+    @property
+    def sweep_exchanges(self) -> list[Exchange]:
+        return [e for e in self.exchanges if e.in_sweep]
 
 
-def rest_sweep(base: str, trial: Trial, config: ServerConfig) -> RestRun:
-    messages: list[str] = []
-
+def rest_sweep(base: str, trial: Trial, as_of: date) -> RestRun:
     async def go() -> RestRun:
         recorder = _Recorder()
         with recorder.installed():
-            async with open_source(base, config, env={}, say=messages.append) as source:
+            start = time.perf_counter()
+            async with open_source(base, ServerConfig(), env={}, say=lambda _m: None) as source:
+                opened = time.perf_counter()
                 recorder.in_sweep = True
-                start = time.perf_counter()
-                result = await run_sweep(trial, source, AS_OF)
-                seconds = time.perf_counter() - start
-        return RestRun(result, recorder.exchanges, seconds)
+                result = await run_sweep(trial, source, as_of)
+                seconds = time.perf_counter() - opened
+        return RestRun(result, recorder.exchanges, seconds, opened - start)
 
     return asyncio.run(go())
 
 
-def folder_sweep(trial: Trial) -> SweepResult:
+def folder_sweep(folder: Path, trial: Trial, as_of: date) -> SweepResult:
     async def go() -> SweepResult:
-        async with open_source(str(DATA), ServerConfig(), env={}, say=lambda _m: None) as source:
-            return await run_sweep(trial, source, AS_OF)
+        async with open_source(str(folder), ServerConfig(), env={}, say=lambda _m: None) as src:
+            return await run_sweep(trial, src, as_of)
 
     return asyncio.run(go())
+
+
+def replay(exchanges: list[Exchange]) -> float:
+    """The same requests, plainly, one at a time: httpx, then orjson on every body."""
+    start = time.perf_counter()
+    with httpx.Client(headers={"Accept": "application/fhir+json"}, timeout=600) as client:
+        for e in exchanges:
+            headers = {"Content-Type": e.content_type} if e.content_type else None
+            response = client.request(e.method, e.url, content=e.content or None, headers=headers)
+            response.raise_for_status()
+            orjson.loads(response.content)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- what was fetched
+
+
+def _owner(resource: dict[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource.get('id')}"
+    for key in ("subject", "patient"):
+        ref = (resource.get(key) or {}).get("reference")
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def fetched(run: RestRun) -> dict[str, Any]:
+    """Entries fetched by the sweep, against the distinct resources of cohort patients in them."""
+    cohort = {v.patient for v in run.result.verdicts}
+    total: Counter[str] = Counter()
+    mine: set[tuple[str, str]] = set()
+    for e in run.sweep_exchanges:
+        if not e.body.startswith(b"{"):
+            continue
+        for entry in orjson.loads(e.body).get("entry") or ():
+            resource = entry.get("resource") or {}
+            kind = resource.get("resourceType", "?")
+            if kind == "OperationOutcome":
+                continue
+            total[kind] += 1
+            if _owner(resource) in cohort:
+                mine.add((kind, str(resource.get("id"))))
+    n = sum(total.values())
+    return {
+        "fetched": n,
+        "fetched_by_type": dict(sorted(total.items())),
+        "cohort_resources": len(mine),
+        "ratio": round(n / len(mine), 3) if mine else None,
+    }
+
+
+def first_page_searches(run: RestRun) -> list[dict[str, Any]]:
+    """The sweep's searches as a peer would ask them: first pages, no `_summary=count`."""
+    nexts: set[str] = set()
+    for e in run.sweep_exchanges:
+        if e.body.startswith(b"{"):
+            for link in orjson.loads(e.body).get("link") or ():
+                if link.get("relation") == "next":
+                    nexts.add(link.get("url"))
+    return [
+        {"type": e.resource_type(), "params": e.query()}
+        for e in run.sweep_exchanges
+        if e.url not in nexts and not e.is_count() and e.method in ("GET", "POST")
+    ]
+
+
+# The peer, run by bench/.venv-fhirpy/bin/python: argv = base, searches.json, runs.
+FHIRPY_PEER = """
+import json, statistics, sys, time
+from fhirpy import SyncFHIRClient
+base, path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+searches = json.load(open(path))
+times, n = [], 0
+for _ in range(runs):
+    client = SyncFHIRClient(base, extra_headers={"Accept": "application/fhir+json"})
+    start = time.perf_counter()
+    n = 0
+    for s in searches:
+        params = {}
+        for k, v in s["params"]:
+            params.setdefault(k, []).append(v)
+        n += len(client.resources(s["type"]).clone(override=True, **params).fetch_all())
+    times.append(time.perf_counter() - start)
+import fhirpy
+print(json.dumps({"seconds": statistics.median(times), "runs": times, "resources": n,
+                  "version": fhirpy.__version__}))
+"""
+
+
+def fhirpy_peer(base: str, searches: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not FHIRPY or not searches:
+        return None
+    if not FHIRPY_PYTHON.is_file():
+        say(f"no {FHIRPY_PYTHON}: run `make bench-rest` (it makes the fhirpy venv), skipping")
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(searches, f)
+        f.flush()
+        done = subprocess.run(
+            [str(FHIRPY_PYTHON), "-c", FHIRPY_PEER, base, f.name, str(RUNS)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if done.returncode != 0:
+        say(f"the fhirpy peer failed: {done.stderr[-1500:]}")
+        return None
+    peer: dict[str, Any] = json.loads(done.stdout)
+    return peer
+
+
+# ---------------------------------------------------------------- agreement
 
 
 def summary(result: SweepResult) -> dict[str, object]:
@@ -382,7 +447,7 @@ def summary(result: SweepResult) -> dict[str, object]:
     """
     stats = result.stats
     return {
-        "cohort (patients evaluated)": len(result.verdicts),
+        "cohort": len(result.verdicts),
         "statuses": dict(sorted(Counter(str(v.status) for v in result.verdicts).items())),
         "errors": len(result.errors),
         "per-patient statuses": sorted((v.patient, str(v.status)) for v in result.verdicts),
@@ -405,139 +470,221 @@ def compare(name: str, got: dict[str, object], expected: dict[str, object]) -> l
 
 
 def breakdown(run: RestRun) -> list[str]:
-    """The adapter's HTTP exchanges by kind, and how the sweep's time splits."""
-    groups: dict[tuple[str, str | None], list[Exchange]] = {}
-    for ex in run.exchanges:
-        key = (ex.kind if ex.in_sweep else f"{ex.kind} (open_source)", ex.page_size)
-        groups.setdefault(key, []).append(ex)
-    lines = [f"    {'request':44} {'n':>3} {'_count':>6} {'s':>7} {'KB':>8}"]
-    for (kind, page_size), exs in groups.items():
+    """The sweep's HTTP exchanges by kind, and how its time splits."""
+    groups: dict[str, list[Exchange]] = {}
+    for e in run.exchanges:
+        kind = f"{e.method} {e.resource_type()}" + (" _summary=count" if e.is_count() else "")
+        groups.setdefault(kind if e.in_sweep else f"{kind} (open_source)", []).append(e)
+    lines = [f"    {'request':44} {'n':>4} {'s':>7} {'KB':>8}"]
+    for kind, exs in groups.items():
         lines.append(
-            f"    {kind:44} {len(exs):3} {page_size or '-':>6} "
-            f"{sum(e.seconds for e in exs):7.3f} {sum(e.size for e in exs) / 1e3:8.0f}"
+            f"    {kind:44} {len(exs):4} {sum(e.seconds for e in exs):7.3f} "
+            f"{sum(len(e.body) for e in exs) / 1e3:8.0f}"
         )
-    http = sum(e.seconds for e in run.exchanges if e.in_sweep)
-    n = sum(1 for e in run.exchanges if e.in_sweep)
+    http = sum(e.seconds for e in run.sweep_exchanges)
     lines.append(
-        f"    run_sweep {run.sweep_seconds:.3f} s = {n} HTTP exchanges {http:.3f} s "
-        f"(server + transfer) + client work {run.sweep_seconds - http:.3f} s; "
-        f"open_source (metadata, _elements probe) "
-        f"{sum(e.seconds for e in run.exchanges if not e.in_sweep):.3f} s"
+        f"    run_sweep {run.sweep_seconds:.3f} s = {len(run.sweep_exchanges)} exchanges "
+        f"{http:.3f} s (server + transfer, in series or overlapped) + the rest "
+        f"{run.sweep_seconds - http:.3f} s; open_source {run.open_seconds:.3f} s"
     )
     return lines
 
 
-def measure(base: str) -> int:
-    rows: list[tuple[str, float, str]] = []
+# ---------------------------------------------------------------- measuring
+
+
+def measure(base: str, data: Dataset) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    tokens = floor_tokens()
-    floor_s, floor_runs = median_of(lambda: floor_paging(base, tokens))
-    n, requests = floor_runs[0][1]
-    rows.append(
-        (
-            "floor: httpx+orjson, t2dm + hcc lab codes",
-            floor_s,
-            f"{n:,} Observations, {len(tokens)} codes, {requests} requests of {PAGE}",
-        )
-    )
-    if CALIBRATE:
-        loinc = [f"http://loinc.org|{c}" for c in PERFORMANCE_MD_CODES]
-        seconds, calibration_runs = median_of(lambda: floor_paging(base, loinc))
-        n, requests = calibration_runs[0][1]
-        rows.append(
-            (
-                "floor: PERFORMANCE.md's 8 codes (4.22 s there)",
-                seconds,
-                f"{n:,} Observations, {requests} requests of {PAGE}",
-            )
-        )
-
-    trial = load_trial(TRIAL)
-    folder_s, folder_runs = median_of(lambda: folder_sweep(trial))
-    folder_stats = folder_runs[0][1].stats
-    expected = summary(folder_runs[0][1])
     warnings: list[str] = []
-    for _, result in folder_runs[1:]:
-        warnings += compare("folder sweep (a later run)", summary(result), expected)
-
-    variants = [
-        ("adapter REST sweep t2dm, ServerConfig()", ServerConfig()),
-        ("  same, page_size=1000", ServerConfig(page_size=PAGE)),
-        ("  same, page_size=1000, result_cap=None", ServerConfig(page_size=PAGE, result_cap=None)),
-    ]
-    for name, config in variants:
-        seconds, rest_runs = median_of(partial(rest_sweep, base, trial, config))
-        for _, run in rest_runs:
-            warnings += compare(name.strip(), summary(run.result), expected)
-        typical = median_run(rest_runs)
-        got = summary(typical.result)
-        requests = sum(1 for e in typical.exchanges if e.in_sweep)
+    for trial_id in TRIALS:
+        trial = load_trial(trial_id)
+        as_of = common.AS_OF[trial_id]
+        expected = summary(folder_sweep(data.folder, trial, as_of))
+        sweeps: list[RestRun] = []
+        replays: list[float] = []
+        for _ in range(RUNS):
+            sweeps.append(rest_sweep(base, trial, as_of))
+            replays.append(replay(sweeps[-1].sweep_exchanges))
+        for run in sweeps:
+            warnings += compare(f"{data.name}, {trial_id}", summary(run.result), expected)
+        ordered = sorted(sweeps, key=lambda r: r.sweep_seconds)
+        typical = ordered[(len(ordered) - 1) // 2]
+        if data.generated and trial_id == HCC:
+            statuses = {v.patient: str(v.status) for v in typical.result.verdicts}
+            want = common.manifest(data.folder)["hcc_expected"]
+            bad = [p for p, s in want.items() if statuses.get(p, generate.OUTSIDE) != s]
+            if bad:
+                warnings.append(f"WARNING: {data.name}: {len(bad)} hcc patients not as the demo")
+        sweep_s = common.median([r.sweep_seconds for r in sweeps])
+        replay_s = common.median(replays)
+        got = fetched(typical)
+        peer = fhirpy_peer(base, first_page_searches(typical))
         rows.append(
-            (
-                name,
-                seconds,
-                f"{got['cohort (patients evaluated)']} patients, "
-                f"{typical.result.stats['Observation']} Observations, "
-                f"{got['Conditions read']} Conditions, {requests} requests "
-                f"(+{len(typical.exchanges) - requests} in open_source)",
-            )
+            {
+                "dataset": data.name,
+                "trial": trial_id,
+                "as_of": as_of.isoformat(),
+                "cohort": len(typical.result.verdicts),
+                "statuses": expected["statuses"],
+                "sweep_seconds": round(sweep_s, 3),
+                "sweep_runs": [round(r.sweep_seconds, 3) for r in sweeps],
+                "open_source_seconds": round(typical.open_seconds, 3),
+                "replay_seconds": round(replay_s, 3),
+                "replay_runs": [round(s, 3) for s in replays],
+                "ratio_to_replay": round(sweep_s / replay_s, 3) if replay_s else None,
+                "requests": len(typical.sweep_exchanges),
+                "requests_in_open_source": len(typical.exchanges) - len(typical.sweep_exchanges),
+                "http_seconds": round(sum(e.seconds for e in typical.sweep_exchanges), 3),
+                **{f"fetch_{k}": v for k, v in got.items()},
+                "fhirpy": peer,
+            }
         )
-        notes += [f"  {name.strip()} (the median run):", *breakdown(typical)]
+        notes += [f"  {data.name}, {trial_id} (the median run):", *breakdown(typical)]
+        say(f"{data.name}, {trial_id}: sweep {sweep_s:.2f} s, replay {replay_s:.2f} s")
+    return rows, notes, warnings
 
-    rows.append(
-        (
-            "folder sweep t2dm (same trial, as-of)",
-            folder_s,
-            f"{expected['cohort (patients evaluated)']} patients, "
-            f"{folder_stats['Observation']:,} Observations read "
-            f"({expected['observations_used']} used), statuses {expected['statuses']}",
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    found = []
+    for r in rows:
+        if not r["cohort"]:
+            continue
+        where = f"{r['dataset']}, {r['trial']}"
+        ratio = r["ratio_to_replay"]
+        found.append(
+            {
+                "target": f"REST, {where}: in-process sweep <= {TARGET_SWEEP}x the replay",
+                "measured": f"{ratio:.2f}x",
+                "verdict": "met" if ratio <= TARGET_SWEEP else "not met",
+            }
+        )
+        fetched_ratio = r["fetch_ratio"]
+        found.append(
+            {
+                "target": f"REST, {where}: resources fetched <= {TARGET_FETCHED}x the cohort's",
+                "measured": f"{r['fetch_fetched']:,} / {r['fetch_cohort_resources']:,} = "
+                f"{fetched_ratio:.2f}x",
+                "verdict": "met" if fetched_ratio <= TARGET_FETCHED else "not met",
+            }
+        )
+        if r["fhirpy"]:
+            peer = r["fhirpy"]["seconds"]
+            found.append(
+                {
+                    "target": f"peer, {where}: fhirpy slower than the sweep",
+                    "measured": f"fhirpy {peer:.2f} s vs sweep {r['sweep_seconds']:.2f} s "
+                    f"({peer / r['sweep_seconds']:.2f}x)",
+                    "verdict": "met" if peer > r["sweep_seconds"] else "not met",
+                }
+            )
+    return found
+
+
+def render(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    parts = [
+        f"Machine: {m.get('cpu', '?')}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; load "
+        f"average at start {m['load_average']}; "
+        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
+        + f"; main at {doc['git']} (and the working tree as it was); runs {RUNS}."
+    ]
+    parts += [
+        f"Load ({d['dataset']}): {d['resources']:,} resources in {d['seconds']:.0f} s "
+        f"({d['resources'] / d['seconds']:,.0f}/s; not timed in any ratio)"
+        for d in doc["loads"]
+    ]
+    rows = [
+        [
+            r["dataset"],
+            r["trial"],
+            f"{r['cohort']:,}",
+            f"{r['sweep_seconds']:.2f}",
+            f"{r['replay_seconds']:.2f}",
+            f"**{r['ratio_to_replay']:.2f}x**" if r["ratio_to_replay"] else "-",
+            f"{r['requests']} (+{r['requests_in_open_source']})",
+            f"{r['fetch_fetched']:,} / {r['fetch_cohort_resources']:,}",
+            f"{r['fetch_ratio']:.2f}x" if r["fetch_ratio"] else "-",
+            f"{r['fhirpy']['seconds']:.2f}" if r["fhirpy"] else "-",
+        ]
+        for r in doc["rows"]
+    ]
+    parts.append(
+        common.markdown_table(
+            [
+                "dataset",
+                "trial",
+                "cohort",
+                "sweep s",
+                "replay s",
+                "sweep / replay",
+                "requests",
+                "fetched / cohort's",
+                "ratio",
+                "fhirpy s",
+            ],
+            rows,
         )
     )
-
-    print(f"{'benchmark':50} {'median s':>9} {'vs floor':>9}  notes (runs: {RUNS})")
-    for name, seconds, note in rows:
-        print(f"{name:50} {seconds:9.3f} {seconds / floor_s:9.2f}  {note}")
-    print("\nWhere the adapter's REST sweep spends its time:")
-    print("\n".join(notes))
-    for line in warnings:
-        print(line)
-    if not warnings:
-        print(
-            "\nREST and folder sweeps agree: cohort, per-patient statuses, errors, Patients and "
-            "Conditions read, Observations used and unusable."
+    parts.append(
+        "Targets of issue #15\n\n"
+        + common.markdown_table(
+            ["target", "measured", "verdict"],
+            [[t["target"], t["measured"], t["verdict"]] for t in doc["targets"]],
         )
-    return 1 if warnings else 0
+    )
+    parts.append("Where each sweep's time goes:\n" + "\n".join(doc["notes"]))
+    parts += doc["warnings"]
+    return "\n\n".join(parts)
 
 
 def main() -> int:
-    if not DATA.is_dir():
-        say(f"no benchmark data at {DATA}: set TRIAL_ADAPTER_SHARED")
-        return 2
-    if LOAD not in ("all", "needed"):
-        say("BENCH_LOAD must be all or needed")
-        return 2
     # SIGTERM ends the run through the finally blocks (the server is stopped), as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     start = time.perf_counter()
-    if EXTERNAL_URL:
-        say(f"using the running server {EXTERNAL_URL}: nothing is loaded or stopped")
-        code = measure(EXTERNAL_URL.rstrip("/"))
-    else:
-        with temporary_server() as base:
-            wanted = None
-            if LOAD == "needed":
-                wanted = frozenset((c.system, c.code) for c in floor_codings())
-            loaded, seconds = load(base, wanted)
-            total = sum(v for k, v in loaded.items() if " " not in k)
-            what = ", ".join(f"{v:,} {k}" for k, v in loaded.items())
-            print(
-                f"load ({LOAD}): {total:,} resources in {seconds:.1f} s "
-                f"({total / seconds:,.0f}/s, transaction Bundles of {LOAD_BATCH} PUTs): {what}"
-                + ("; Procedure not loaded (no measured query reads it)")
-            )
-            code = measure(base)
-    print(f"\nwhole run: {time.perf_counter() - start:.0f} s")
-    return code
+    doc: dict[str, Any] = {
+        "benchmark": "rest",
+        "git": common.git_short_sha(),
+        "machine": common.machine(),
+        "versions": common.versions(),
+        "targets_issue": 15,
+        "loads": [],
+        "rows": [],
+        "notes": [],
+        "warnings": [],
+    }
+    chosen = datasets()
+    if EXTERNAL_URL and len(chosen) != 1:
+        say("BENCH_FHIR_URL holds one dataset: name it alone in BENCH_REST_DATA")
+        return 2
+    for data in chosen:
+        if EXTERNAL_URL:
+            say(f"using the running server {EXTERNAL_URL}: nothing is loaded or stopped")
+            rows, notes, warnings = measure(EXTERNAL_URL.rstrip("/"), data)
+        else:
+            with temporary_server() as base:
+                loaded, seconds = load(base, data.folder)
+                doc["loads"].append(
+                    {
+                        "dataset": data.name,
+                        "resources": sum(loaded.values()),
+                        "by_type": dict(loaded),
+                        "seconds": round(seconds, 1),
+                    }
+                )
+                rows, notes, warnings = measure(base, data)
+        doc["rows"] += rows
+        doc["notes"] += notes
+        doc["warnings"] += warnings
+    doc["targets"] = targets(doc["rows"])
+    doc["whole_run_seconds"] = round(time.perf_counter() - start)
+    print(render(doc))
+    # A run of other datasets than the default ones is named after them: it measures less.
+    default = DATASETS == "synthea-615,2000"
+    suffix = "-rest" if default else "-rest-" + DATASETS.replace(",", "-").replace(" ", "")
+    path = common.save_results(doc, suffix)
+    print(f"\nsaved {path.relative_to(ROOT)}; whole run {doc['whole_run_seconds']} s")
+    return 1 if doc["warnings"] else 0
 
 
 if __name__ == "__main__":
