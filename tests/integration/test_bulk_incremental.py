@@ -14,35 +14,27 @@ from __future__ import annotations
 
 import copy
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import own_server
 import pytest
 
 if TYPE_CHECKING:  # conftest is not importable at run time; the names are for the reader
     from conftest import Sweep, SweepRunner
+
+# The module's own server (tests/integration/own_server.py) in place of the session's.
+fhir_base_url = own_server.fhir_base_url
+fhir = own_server.fhir
 
 pytestmark = pytest.mark.integration
 
 LATER = "2026-09-15"
 CHANGED = ("demo-14", "demo-36", "incr-new-01")
 Verdicts = dict[str, tuple[str, dict[str, str]]]
-
-
-@pytest.fixture(scope="module")
-def fhir_base_url(private_server: str) -> str:
-    """A server of this module's own: its data change between the runs."""
-    return private_server
-
-
-@pytest.fixture(scope="module")
-def fhir(fhir_base_url: str) -> Iterator[httpx.Client]:
-    headers = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
-    with httpx.Client(base_url=fhir_base_url + "/", headers=headers, timeout=60) as client:
-        yield client
 
 
 @dataclass(frozen=True)

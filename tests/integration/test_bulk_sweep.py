@@ -34,11 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import own_server
 import pytest
 from proxy import Delay, Exchange, FaultProxy
 
 if TYPE_CHECKING:  # conftest is not importable at run time; the names are for the reader
     from conftest import Sweep, SweepRunner
+
+# The module's own server (tests/integration/own_server.py) in place of the session's.
+fhir_base_url = own_server.fhir_base_url
+fhir = own_server.fhir
 
 pytestmark = pytest.mark.integration
 
@@ -60,20 +65,6 @@ Verdicts = dict[str, tuple[str, dict[str, str]]]
 
 
 # -- the module's server and what runs against it ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fhir_base_url(private_server: str) -> str:
-    """A server of this module's own: its Group and export jobs stay off the session's server."""
-    return private_server
-
-
-@pytest.fixture(scope="module")
-def fhir(fhir_base_url: str) -> Iterator[httpx.Client]:
-    """An HTTP client for this module's server."""
-    headers = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
-    with httpx.Client(base_url=fhir_base_url + "/", headers=headers, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

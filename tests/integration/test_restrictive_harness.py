@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import own_server
 import pytest
 from restrictive import EPIC, Refusal, RestrictiveProxy, Rules, code_matches, renamed
+
+# The module's own server (tests/integration/own_server.py) in place of the session's.
+fhir_base_url = own_server.fhir_base_url
+fhir = own_server.fhir
 
 pytestmark = pytest.mark.integration
 

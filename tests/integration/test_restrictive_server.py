@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import own_server
 import pytest
 import yaml
 from restrictive import CLINICAL, Refusal, RestrictiveProxy, Rules, Seen, renamed
@@ -34,6 +35,10 @@ from adapter.sources.per_patient import SWITCH_MESSAGE
 
 if TYPE_CHECKING:  # conftest is not importable at run time; the names are for the reader
     from conftest import Sweep, SweepRunner
+
+# The module's own server (tests/integration/own_server.py) in place of the session's.
+fhir_base_url = own_server.fhir_base_url
+fhir = own_server.fhir
 
 pytestmark = pytest.mark.integration
 
@@ -123,21 +128,6 @@ def member(demo_id: str, prefix: str) -> dict[str, Any]:
     elif demo_id in ENDS_LATER:
         entry["period"] = {"start": "2025-01-01", "end": "2026-12-31"}
     return entry
-
-
-@pytest.fixture(scope="module")
-def fhir_base_url(private_server: str) -> str:
-    """A server of this module's own: the renamed population and its Group stay out of the
-    session server's diagnosis search, whose counts other modules compare with the demo's."""
-    return private_server
-
-
-@pytest.fixture(scope="module")
-def fhir(fhir_base_url: str) -> Iterator[httpx.Client]:
-    """An HTTP client for this module's server."""
-    headers = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
-    with httpx.Client(base_url=fhir_base_url + "/", headers=headers, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
