@@ -22,7 +22,13 @@ from adapter.cohorts import CohortSpec, read_members
 from adapter.criteria.evaluate import evaluate_patient, in_cohort
 from adapter.criteria.labs import USABLE_STATUSES
 from adapter.criteria.results import PatientVerdict
-from adapter.facts.extract import FactBuilder, condition_fact, patient_info, procedure_fact
+from adapter.facts.extract import (
+    FactBuilder,
+    codings,
+    condition_fact,
+    patient_info,
+    procedure_fact,
+)
 from adapter.facts.identity import Identity, identity_of
 from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
 from adapter.progress import NoProgress
@@ -129,16 +135,21 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
     """Patients with an active, counting Condition in a cohort code set.
 
     The server matches exact codes only; the prefix rules are applied here on every Condition.
+    A folder source returns every Condition of the export: only the code is read of each (a
+    whole fact costs ten times as much), and a fact is built for the few that match.
     """
     by_patient: dict[str, list[ConditionFact]] = defaultdict(list)
+    aliases = trial.system_aliases
+    cohort = trial.cohort
     async for res in source.fetch(Query("Condition", codes=trial.cohort_tokens())):
         stats["cohort_conditions_read"] += 1
         pid = patient_id_of(res)
         if pid is None:
             continue
-        fact = condition_fact(res, trial.system_aliases)
-        if any(cs.matches_any(fact.codes) for cs in trial.cohort):
-            by_patient[pid].append(fact)
+        # The same codes `condition_fact` gives the fact, read before the rest of it.
+        codes = codings(res.get("code"), aliases)
+        if any(cs.matches_any(codes) for cs in cohort):
+            by_patient[pid].append(condition_fact(res, aliases))
     ids = set()
     for pid, conditions in by_patient.items():
         probe = PatientFacts(

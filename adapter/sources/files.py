@@ -238,45 +238,53 @@ class FolderSource:
         wanted = query.patients
         wanted_bytes = prefilter(query)
         present = unreadable = 0
+        # Lines dropped unparsed as other patients': added to `other_patients` at the end (also
+        # when the caller stops early), as a Counter costs more per line than the check itself.
+        dropped = 0
         shown: str | None = None
         # Lines are pre-checked only once one has been parsed as the type: a file holding only
         # other types (or nothing wanted) must still fail as empty, not pass unread.
         confirmed = False
-        for number, line in enumerate(_lines(path), 1):
-            if number % _LINES_PER_TURN == 0:
-                yield None
-            if number == 1 and line.startswith(_BOM):
-                line = line[len(_BOM) :]
-            if line.isspace() or not line:
-                continue
-            if wanted_bytes is not None and confirmed and not may_belong(line, wanted_bytes):
+        try:
+            for number, line in enumerate(_lines(path), 1):
+                if number % _LINES_PER_TURN == 0:
+                    yield None
+                if number == 1 and line.startswith(_BOM):
+                    line = line[len(_BOM) :]
+                if not line or line.isspace():
+                    continue
+                if confirmed:
+                    if wanted_bytes is not None and not may_belong(line, wanted_bytes):
+                        dropped += 1
+                        continue
+                    if precheck is not None and not precheck(line):
+                        present += 1
+                        continue
+                resource = parse_line(line)
+                if isinstance(resource, str):
+                    unreadable += 1
+                    shown = shown or _shown(path)
+                    # A Patient line names other patients only (`link`): its own id may be the
+                    # corrupt part, so nobody's data can be ruled out.
+                    owner = None if resource_type == "Patient" else patient_named_by(line)
+                    item = UnreadableItem(shown, number, resource, owner)
+                    record(self.unreadable, self._unreadable_seen, item)
+                    continue
+                if resource.get("resourceType") != resource_type:
+                    self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
+                    continue
                 present += 1
-                self.other_patients[resource_type] += 1
-                continue
-            if precheck is not None and confirmed and not precheck(line):
-                present += 1
-                continue
-            resource = parse_line(line)
-            if isinstance(resource, str):
-                unreadable += 1
-                shown = shown or _shown(path)
-                # A Patient line names other patients only (`link`): its own id may be the
-                # corrupt part, so nobody's data can be ruled out.
-                owner = None if resource_type == "Patient" else patient_named_by(line)
-                item = UnreadableItem(shown, number, resource, owner)
-                record(self.unreadable, self._unreadable_seen, item)
-                continue
-            if resource.get("resourceType") != resource_type:
-                self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
-                continue
-            present += 1
-            confirmed = True
-            if is_foreign(resource):
-                count_foreign(self.foreign, self._foreign_seen, resource)
-            elif wanted is None or patient_id_of(resource) in wanted:
-                yield resource
-            else:
-                self.other_patients[resource_type] += 1
+                confirmed = True
+                if is_foreign(resource):
+                    count_foreign(self.foreign, self._foreign_seen, resource)
+                elif wanted is None or patient_id_of(resource) in wanted:
+                    yield resource
+                else:
+                    self.other_patients[resource_type] += 1
+        finally:
+            if dropped:
+                self.other_patients[resource_type] += dropped
+        present += dropped
         if not present:
             # A truncated copy or an export cut short: not a type with nothing to say. Nor is a
             # file with no readable line of the type: a wrong or wholly damaged file.
