@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ import orjson
 from adapter import __version__
 from adapter.criteria.results import PatientVerdict, Result, Status
 from adapter.errors import OutputError, StateDirError, redact_url
-from adapter.state import prepare_state_dir
+from adapter.state import prepare_state_dir, private_file
 
 LEDGER_FILE = "ledger.sqlite3"
 #: seconds a write waits for another process's write to end before it fails
@@ -230,7 +229,7 @@ class Ledger:
         StateDirError when it cannot be opened, or was written by a newer adapter.
         """
         path = prepare_state_dir(state_dir) / LEDGER_FILE
-        _private_file(path)
+        private_file(path, "run ledger")
         try:
             db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -443,29 +442,6 @@ def stamp(moment: datetime) -> str:
     if moment.utcoffset() is None:
         raise ValueError("the ledger records aware times only (datetime.now().astimezone())")
     return moment.isoformat(timespec="seconds")
-
-
-def _private_file(path: Path) -> None:
-    """Create the ledger file 0600 before SQLite does (it would follow the umask), tighten a
-    looser one and its WAL files, and refuse a link or another user's file."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StateDirError(f"run ledger {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateDirError(f"run ledger {path} is not a file")
-        if info.st_uid != os.getuid():
-            raise StateDirError(f"run ledger {path} belongs to another user")
-        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_IMODE(name.lstat().st_mode) & 0o077:
-                    name.chmod(0o600)
-    except OSError as exc:
-        raise StateDirError(f"run ledger {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:

@@ -170,3 +170,27 @@ def _write_holder(fd: int, holder: Holder) -> None:
     body = {"pid": holder.pid, "host": holder.host, "since": holder.since}
     os.write(fd, orjson.dumps(body) + b"\n")
     os.fsync(fd)
+
+
+def private_file(path: Path, what: str) -> None:
+    """Create an SQLite file 0600 before SQLite does (it would follow the umask), tighten a
+    looser one and its WAL files, and refuse a link or another user's file; `what` names it in
+    the StateDirError (the run ledger, the Bulk facts store)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateDirError(f"{what} {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateDirError(f"{what} {path} is not a file")
+        if info.st_uid != os.getuid():
+            raise StateDirError(f"{what} {path} belongs to another user")
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(name.lstat().st_mode) & 0o077:
+                    name.chmod(0o600)
+    except OSError as exc:
+        raise StateDirError(f"{what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)

@@ -51,6 +51,7 @@ from adapter.errors import (
 )
 from adapter.fhir.capability import ServerCapabilities
 from adapter.fhir.client import FhirClient, JsonObject
+from adapter.fhir.paging import next_link
 from adapter.sources.base import Query, Resource, Source, patient_id_of
 from adapter.sources.searches import is_fhir_id
 from adapter.sources.unreadable import parse_line, patient_named_by
@@ -214,7 +215,7 @@ async def deleted_in_history(
         if page.get("resourceType") != "Bundle" or page.get("type") not in (None, "history"):
             raise InvalidResponseError("the _history answer is not a history Bundle", url=url)
         found.update(_deletes(page))
-        link = _next_link(page, url)
+        link = next_link(page, url)
         if link is None:
             return found
         target = client.resolve(link)
@@ -270,19 +271,6 @@ def _key_of(url: str) -> Key | None:
     if not _TYPE.fullmatch(kind) or not is_fhir_id(rid):
         return None
     return kind, rid
-
-
-def _next_link(page: JsonObject, url: str) -> str | None:
-    links = page.get("link", [])
-    if not isinstance(links, list):
-        raise InvalidResponseError("Bundle.link is not a list", url=url)
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            target = link.get("url")
-            if not isinstance(target, str) or not target:
-                raise InvalidResponseError("Bundle next link has no url", url=url)
-            return target
-    return None
 
 
 def group_members(group: Resource | None) -> set[str] | None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import sqlite3
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from adapter.bulk.model import ExportRequest
 from adapter.errors import StateDirError
 from adapter.sources.base import Resource, patient_id_of
 from adapter.sources.unreadable import parse_line
+from adapter.state import private_file
 
 log = logging.getLogger(__name__)
 
@@ -440,23 +439,4 @@ def _errors(path: Path) -> Iterator[None]:
 
 
 def _private_file(path: Path) -> None:
-    """Create the store 0600 before SQLite does (it would follow the umask), tighten a looser
-    one and its WAL files, and refuse a link or another user's file."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise StateDirError(f"Bulk facts store {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateDirError(f"Bulk facts store {path} is not a file")
-        if info.st_uid != os.getuid():
-            raise StateDirError(f"Bulk facts store {path} belongs to another user")
-        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_IMODE(name.lstat().st_mode) & 0o077:
-                    name.chmod(0o600)
-    except OSError as exc:
-        raise StateDirError(f"Bulk facts store {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+    private_file(path, "Bulk facts store")

@@ -101,7 +101,7 @@ async def iter_pages(
                 this_search.add(key)
                 keys.add(key)
             yield resource
-        link = _next_link(page, url)
+        link = next_link(page, url)
         if link is None:
             return
         target = client.resolve(link)
@@ -171,7 +171,8 @@ def _resources(page: JsonObject, url: str) -> Iterator[tuple[JsonObject, bool]]:
         yield resource, mode in (None, "match")
 
 
-def _next_link(page: JsonObject, url: str) -> str | None:
+def next_link(page: JsonObject, url: str) -> str | None:
+    """The `next` link of a Bundle page (not yet checked for trust), None at the last page."""
     links = page.get("link", [])
     if not isinstance(links, list):
         raise InvalidResponseError("Bundle.link is not a list", url=url)
