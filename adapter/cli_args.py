@@ -1,8 +1,10 @@
-"""Argument parsing pieces of `trial-adapter`: the value types, the parser class, the log options.
+"""The argument parser of `trial-adapter`: commands and options, value types, log options.
 
 Each type refuses at parse time (exit 2) what would only fail later: `--as-of 0001-01-01` made
 every patient fail with OverflowError, and `--timeout nan` passed a `<= 0` test (issue 11, items
-4 and 5). The commands themselves are built in adapter/cli.py.
+4 and 5). Nothing here imports a command's implementation (`--cohort` parses its value with
+adapter.cohorts when given), so `--version`, `--help` and usage errors answer at once (issue 15);
+adapter/cli.py runs the commands.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from adapter import logs
+from adapter import __version__, logs
 from adapter.errors import UsageError
+
+#: `trial-adapter --help`'s first line: the first line of adapter/cli.py's docstring
+DESCRIPTION = (
+    "`trial-adapter`: the command line, and the one place that turns errors into exit codes."
+)
 
 #: The days `--as-of` accepts. The engine moves as-of by at most ten years (the longest lab window
 #: is 3,650 days) and ages are counted back from it, so two centuries on either side of today keep
@@ -222,3 +229,165 @@ def bulk_level(text: str) -> tuple[str, str | None]:
     raise argparse.ArgumentTypeError(
         f"unknown Bulk export level {shown!r} (use system, patient or group:ID)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option; building it imports no command (tests/test_startup.py)."""
+    parser = Parser(prog="trial-adapter", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"trial-adapter {__version__}")
+    log_options(parser, default=None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--trial", help="trial id from mappings/, or a trial file (default: trials in --config)"
+        )
+        p.add_argument(
+            "--source", help="folder of FHIR files, or FHIR base URL (default: source.url)"
+        )
+        p.add_argument("--as-of", type=as_of, help=AS_OF_HELP)
+        mapping_options(p)
+        p.add_argument(
+            "--config",
+            type=Path,
+            help="site configuration (default $TRIAL_ADAPTER_CONFIG): auth, limits, query sizes",
+        )
+        p.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+        server_options(p)
+        log_options(p)
+
+    sweep = sub.add_parser("sweep", help="evaluate a trial's cohort and write the results")
+    common(sweep)
+    sweep.add_argument("--sink", help="folder for NDJSON, or FHIR base URL (default: none)")
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        help="report folder (default out/<trial>/<run id>/, and out/<trial>/latest points at it)",
+    )
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and decide everything, list what would be written, write nothing",
+    )
+    sweep.add_argument(
+        "--cohort",
+        type=cohort_spec,
+        default=None,
+        metavar="FORM",
+        help="who is screened: `search` (default: the server-wide diagnosis search), "
+        "`group:ID` (the members of a FHIR Group), `file:PATH` (one Patient id or "
+        "system|value identifier a line); the trial's cohort rules apply to each",
+    )
+    sweep.add_argument(
+        "--bulk",
+        type=bulk_level,
+        default=None,
+        metavar="LEVEL",
+        help="read the server by a Bulk Data export instead of searches: system, patient or "
+        "group:ID (the cohort is then found in the exported Conditions; not with --cohort)",
+    )
+    sweep.add_argument(
+        "--full",
+        action="store_true",
+        help="with --bulk: a full export, not one of what changed since the last (a full one "
+        "also runs every source.full_every_days, default 7)",
+    )
+    sweep.add_argument(
+        "--keep-export",
+        action="store_true",
+        help="keep the exported files in the state folder after the sweep (default: deleted)",
+    )
+    sweep.add_argument("--batch-size", type=positive, help="patients per server query")
+    sweep.add_argument("--page-size", type=positive, help="_count for server searches")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="= --log-level warning")
+    sweep.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="locks and the run ledger; default $XDG_STATE_HOME/trial-adapter, else "
+        "~/.local/state/trial-adapter",
+    )
+
+    explain = sub.add_parser("explain", help="print the criterion table of one patient")
+    common(explain)
+    explain.add_argument("--patient", required=True, help="Patient id (or Patient/<id>)")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    explain.set_defaults(batch_size=None, page_size=None, quiet=True)
+
+    codesets = sub.add_parser("codesets", help="value-set expansions (mappings/valuesets/)")
+    actions = codesets.add_subparsers(dest="action", required=True, parser_class=Parser)
+    refresh = actions.add_parser(
+        "refresh", help="re-expand value sets from a terminology server's ValueSet/$expand"
+    )
+    refresh.add_argument(
+        "--tx", required=True, metavar="URL", help="terminology server FHIR base URL"
+    )
+    refresh.add_argument(
+        "--mappings", type=Path, metavar="DIR", help="mappings folder (default: the bundled one)"
+    )
+    refresh.add_argument(
+        "--site-mappings",
+        type=Path,
+        metavar="DIR",
+        help="write into DIR/valuesets/ instead of the mappings folder",
+    )
+    refresh.add_argument(
+        "--only", nargs="+", action="extend", metavar="NAME", help="refresh only these sets"
+    )
+    refresh.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+    refresh.add_argument(
+        "--config",
+        type=Path,
+        help="site configuration (default $TRIAL_ADAPTER_CONFIG): its `terminology:` section "
+        "gives the proxy, CA bundle and timeout",
+    )
+    log_options(refresh)
+    refresh.set_defaults(quiet=False)
+    add_survey_parser(sub)
+    add_check_parser(sub)
+    add_runs_parser(sub)
+    return parser
+
+
+def add_survey_parser(sub: Any) -> None:
+    """`survey`: what a source sends, and what the mappings read of it (adapter.survey)."""
+    survey = sub.add_parser(
+        "survey", help="which codes and units a source sends, and what the mappings read of them"
+    )
+    survey.add_argument("--source", required=True, help="folder of FHIR files, or FHIR base URL")
+    survey.add_argument(
+        "--trial",
+        action="append",
+        metavar="T",
+        help="trial id or file, repeatable (default: every bundled and site trial)",
+    )
+    survey.add_argument(
+        "--sample",
+        type=positive,
+        metavar="N",
+        help="resources read per type (default: 10,000 from a server, all of a folder)",
+    )
+    survey.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default out/survey/)"
+    )
+    mapping_options(survey)
+    survey.add_argument(
+        "--config", type=Path, help="site configuration (default $TRIAL_ADAPTER_CONFIG)"
+    )
+    survey.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
+    server_options(survey)
+    survey.add_argument(
+        "--cohort",
+        type=cohort_spec,
+        metavar="FORM",
+        help="on servers read one patient at a time: the patients to sample, group:ID or file:PATH",
+    )
+    survey.add_argument(
+        "--patients",
+        type=positive,
+        metavar="N",
+        default=200,
+        help="patients read whole on such servers (default 200, spread over the cohort)",
+    )
+    survey.add_argument("-q", "--quiet", action="store_true", help="no progress, errors only")
+    log_options(survey)

@@ -20,11 +20,12 @@ Every entry keeps the file it came from, so the evidence can name it (`Analyte.c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -49,11 +50,15 @@ from adapter.mapschema import (
 )
 from adapter.valuesets import ValueSetModel, load_valueset, valueset_path
 
+if TYPE_CHECKING:
+    from adapter.mapcache import MappingCache
+
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 Loc = mapfiles.Loc
 
 
+@functools.cache  # asked for every code's origin label: `resources.files` each time cost 40 ms
 def default_mappings_dir() -> Path:
     """`adapter/mappings` in an installed wheel, else the checkout's top-level `mappings/`."""
     packaged = Path(str(resources.files("adapter"))) / "mappings"
@@ -100,6 +105,8 @@ class Mappings:
     lines: dict[Path, dict[Loc, int]] = field(default_factory=dict)
     #: site files read so far (mapping files, then the value sets a trial uses), for the hash
     site_files: list[Path] = field(default_factory=list)
+    #: what earlier starts proved (adapter.mapcache); None: everything is checked now
+    cache: MappingCache | None = None
     _valuesets: dict[str, ValueSetModel] = field(default_factory=dict)
 
     # --- where things are ---------------------------------------------------------------------
@@ -124,14 +131,42 @@ class Mappings:
         if name not in self._valuesets:
             site_path = valueset_path(self.site, name) if self.site is not None else None
             if site_path is not None and site_path.is_file():
-                self._valuesets[name] = load_valueset(site_path)
+                self._valuesets[name] = self._load_valueset(site_path)
                 self.site_files.append(site_path)
             else:
                 vs_path = valueset_path(self.folder, name)
                 if not vs_path.is_file():
                     raise self.fail(file, loc, f"no value set '{name}' ({vs_path})")
-                self._valuesets[name] = load_valueset(vs_path)
+                self._valuesets[name] = self._load_valueset(vs_path)
         return self._valuesets[name]
+
+    # --- the checks an earlier start may have made (adapter.mapcache) --------------------------
+
+    def _load_valueset(self, path: Path) -> ValueSetModel:
+        if self.cache is None:
+            return load_valueset(path)
+        return self.cache.valueset(path, load_valueset)
+
+    def _load_synonyms(self, path: Path) -> dict[str, str]:
+        if self.cache is None:
+            return load_synonyms(path)
+        return self.cache.synonyms(path, load_synonyms)
+
+    def is_ucum(self, units: Units, code: str) -> bool:
+        """`units.is_valid(code)`, or the answer of an earlier start."""
+        if self.cache is None:
+            return units.is_valid(code)
+        return self.cache.ucum_valid(code, units.is_valid)
+
+    def convertible(self, units: Units, unit: str, to: str, molar_mass: float | None) -> bool:
+        """`units.compatible(unit, to, molar_mass=...)`, or the answer of an earlier start."""
+
+        def check() -> bool:
+            return units.compatible(unit, to, molar_mass=molar_mass)
+
+        if self.cache is None:
+            return check()
+        return self.cache.convertible(unit, to, molar_mass, check)
 
     def trial_dirs(self) -> list[Path]:
         dirs = [self.folder / "trials"]
@@ -259,7 +294,7 @@ class Mappings:
                 Layer(lc, path, ("local_codes", i)) for i, lc in enumerate(local.local_codes)
             ]
         path = folder / "units.yaml"
-        for text, ucum in load_synonyms(path).items():
+        for text, ucum in self._load_synonyms(path).items():
             self.synonyms[text] = ucum
             self.synonym_files[text] = path
         if (folder / "uln.yaml").is_file():  # bundled: none (the spec's table has no bands)
@@ -311,7 +346,7 @@ class Mappings:
         for text, ucum in site.synonyms.items():
             if not text.strip():
                 raise self.fail(path, ("synonyms",), "a synonym must be non-empty unit text")
-            if not checker.is_valid(ucum):
+            if not self.is_ucum(checker, ucum):
                 raise self.fail(path, ("synonyms", text), f"target '{ucum}' is not valid UCUM")
             self.synonyms[text] = ucum.strip()
             self.synonym_files[text] = path
@@ -319,9 +354,12 @@ class Mappings:
             self.uln[name] = Layer(bands, path, ("uln", name))
 
 
-def load_mappings(folder: Path | None = None, site: Path | None = None) -> Mappings:
-    """Read the mappings folder (default: the bundled one) and merge the site folder over it."""
-    mappings = Mappings(folder or default_mappings_dir(), site)
+def load_mappings(
+    folder: Path | None = None, site: Path | None = None, *, cache: MappingCache | None = None
+) -> Mappings:
+    """Read the mappings folder (default: the bundled one) and merge the site folder over it;
+    `cache` spares the checks that earlier starts made of the same content."""
+    mappings = Mappings(folder or default_mappings_dir(), site, cache=cache)
     mappings._load_folder()
     if site is not None:
         mappings._load_site(site)

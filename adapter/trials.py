@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator
 
@@ -40,6 +40,9 @@ from adapter.site_mappings import (
     default_mappings_dir,
     load_mappings,
 )
+
+if TYPE_CHECKING:
+    from adapter.mapcache import MappingCache
 
 __all__ = ["SystemsFile", "Trial", "default_mappings_dir", "load_trial"]
 
@@ -140,13 +143,15 @@ def load_trial(
     site_mappings: Path | None = None,
     *,
     mappings: Mappings | None = None,
+    cache: MappingCache | None = None,
 ) -> Trial:
     """Load trial `name` (an id in `trials/`, or a file path) and every mapping it uses.
 
     `mappings_dir` replaces the bundled folder; `site_mappings` is merged over it. `mappings`,
-    already loaded from those, serves several trials with one read of the folders.
+    already loaded from those, serves several trials with one read of the folders. `cache`
+    (adapter.mapcache) spares the checks that earlier starts made of the same content.
     """
-    maps = mappings or load_mappings(mappings_dir, site_mappings)
+    maps = mappings or load_mappings(mappings_dir, site_mappings, cache=cache)
     candidate = Path(name)
     if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
         path = candidate
@@ -239,10 +244,10 @@ def load_trial(
         a_model, last = folded.model, folded.layers[-1]
         file, base = last.file, last.loc
         a_name = str(base[-1])
-        if not units.is_valid(a_model.unit):
+        if not maps.is_ucum(units, a_model.unit):
             raise fail((*base, "unit"), f"'{a_model.unit}' is not a UCUM unit", file)
-        if a_model.unit_if_missing is not None and not units.compatible(
-            a_model.unit_if_missing, a_model.unit, molar_mass=a_model.molar_mass
+        if a_model.unit_if_missing is not None and not maps.convertible(
+            units, a_model.unit_if_missing, a_model.unit, a_model.molar_mass
         ):
             raise fail(
                 (*base, "unit_if_missing"),

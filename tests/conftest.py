@@ -19,15 +19,19 @@ def instant_retries() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """XDG_STATE_HOME in a temporary folder, so no run (nor a CLI it starts) touches ~/.local."""
+    """XDG_STATE_HOME and XDG_CACHE_HOME (the mapping cache) in temporary folders, so no run
+    (nor a CLI it starts) touches ~/.local or ~/.cache."""
     home = tmp_path_factory.mktemp("state-home")
-    saved = os.environ.get("XDG_STATE_HOME")
+    cache = tmp_path_factory.mktemp("cache-home")
+    saved = {name: os.environ.get(name) for name in ("XDG_STATE_HOME", "XDG_CACHE_HOME")}
     os.environ["XDG_STATE_HOME"] = str(home)
+    os.environ["XDG_CACHE_HOME"] = str(cache)
     yield home
-    if saved is None:
-        del os.environ["XDG_STATE_HOME"]
-    else:
-        os.environ["XDG_STATE_HOME"] = saved
+    for name, value in saved.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

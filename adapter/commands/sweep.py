@@ -18,17 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapter.bulk.export import Export
 from adapter.cohorts import CohortSpec
-from adapter.commands.export_phase import export_for_sweep, finish_for_sweep
 from adapter.commands.runs import run_metadata, with_changes
 from adapter.config import SiteConfig
 from adapter.connect import is_url, open_source, source_profile
-from adapter.deliver import deliver
 from adapter.errors import AdapterError, ExitCode, FhirError, OutputError
 from adapter.ledger import Ledger, current_states
 from adapter.progress import choose_progress
@@ -37,6 +34,9 @@ from adapter.report.outdirs import point_latest, run_out_dir
 from adapter.report.results import sweep_json, unknown_summary, write_reports
 from adapter.sweep import SweepResult, run_sweep
 from adapter.trials import Trial
+
+if TYPE_CHECKING:
+    from adapter.bulk.export import Export
 
 log = logging.getLogger("adapter")
 
@@ -169,6 +169,8 @@ async def _recorded_sweep(
         code = ExitCode.PARTIAL if run.result.partial else ExitCode.OK
         _finish(ledger, args.run_id, code, run.result)
     if run.export is not None:
+        from adapter.commands.export_phase import finish_for_sweep
+
         # After the run is recorded: an interrupted run keeps the job and files to resume.
         await finish_for_sweep(args, site, run.export)
     _print_summary(run.result, run.doc, out_dir, writes)
@@ -207,6 +209,8 @@ async def _sweep_run(
     try:
         source_text = args.source
         if args.bulk is not None:
+            from adapter.commands.export_phase import export_for_sweep
+
             run.export = await export_for_sweep(args, trial, site, state_dir, tracker)
             source_text = str(run.export.folder.source_dir)
         async with open_source(
@@ -267,19 +271,22 @@ async def _sweep_run(
     if args.out is None:
         point_latest(out_base, trial.id, out_dir)
     try:
-        await deliver(
-            args.sink,
-            source=args.source,
-            server_config=site.sink,
-            env=os.environ,
-            dry_run=args.dry_run,
-            trial=trial,
-            result=result,
-            as_of=as_of,
-            say=say,
-            writes=writes,
-            tracker=tracker,
-        )
+        if args.sink:  # (deliver does nothing without one) the sink stage imports fhir.resources
+            from adapter.deliver import deliver
+
+            await deliver(
+                args.sink,
+                source=args.source,
+                server_config=site.sink,
+                env=os.environ,
+                dry_run=args.dry_run,
+                trial=trial,
+                result=result,
+                as_of=as_of,
+                say=say,
+                writes=writes,
+                tracker=tracker,
+            )
     except BaseException as exc:
         if sinking:
             try:

@@ -27,9 +27,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, assert_never
 
 import httpx
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -300,6 +297,11 @@ def _read_secret(what: str, env_name: str | None, file: Path | None, env: Mappin
 
 def load_private_key(path: Path, algorithm: Algorithm) -> PrivateKey:
     """The unencrypted PEM key in `path`, checked to fit `algorithm` (RSA >= 2048, EC P-384)."""
+    # Imported here: only SMART Backend Services needs cryptography (issue 15, start-up).
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         data = path.read_bytes()
     except OSError as exc:

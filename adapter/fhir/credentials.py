@@ -22,12 +22,10 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import httpx
-import jwt
 import orjson
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from adapter.errors import (
     TEMPORARY_STATUSES,
@@ -44,11 +42,16 @@ from adapter.fhir.client import transport_error
 from adapter.fhir.outcome import cut, outcome_text, parse_body
 from adapter.fhir.urls import ServerBase, is_loopback, is_trusted
 
+if TYPE_CHECKING:
+    # cryptography and PyJWT are imported where a key is loaded or an assertion signed: every
+    # start reads this module (the site file's auth types), few sign anything (issue 15).
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 # The logger keeps the name it had before the flows moved out of auth.py.
 log = logging.getLogger("adapter.fhir.auth")
 
 Algorithm = Literal["RS384", "ES384"]
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey: TypeAlias = "rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey"
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # SMART Backend Services: the assertion's exp is "no more than five minutes in the future".
@@ -272,6 +275,8 @@ class SmartBackendAuth(_ServerAuth):
             "exp": int(issued) + ASSERTION_LIFETIME,
             "jti": uuid.uuid4().hex,
         }
+        import jwt
+
         return jwt.encode(claims, self._key, algorithm=self._algorithm, headers=headers)
 
     async def _discover(self) -> str:
