@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -235,7 +236,7 @@ class Ledger:
         except sqlite3.Error as exc:
             raise StateDirError(f"run ledger {path}: {exc}") from None
         try:
-            db.execute("PRAGMA journal_mode = WAL")
+            _wal(db, timeout)
             db.execute("PRAGMA foreign_keys = ON")
             _migrate(db, path)
         except sqlite3.Error as exc:
@@ -442,6 +443,20 @@ def stamp(moment: datetime) -> str:
     if moment.utcoffset() is None:
         raise ValueError("the ledger records aware times only (datetime.now().astimezone())")
     return moment.isoformat(timespec="seconds")
+
+
+def _wal(db: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL, waiting for another process that holds the file: SQLite answers "database
+    is locked" at once, without its busy wait, when two processes open a new file together."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
