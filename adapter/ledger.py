@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ import orjson
 from adapter import __version__
 from adapter.criteria.results import PatientVerdict, Result, Status
 from adapter.errors import OutputError, StateDirError, redact_url
-from adapter.state import prepare_state_dir, private_file
+from adapter.state import open_sqlite, prepare_state_dir
 
 LEDGER_FILE = "ledger.sqlite3"
 #: seconds a write waits for another process's write to end before it fails
@@ -230,13 +229,11 @@ class Ledger:
         StateDirError when it cannot be opened, or was written by a newer adapter.
         """
         path = prepare_state_dir(state_dir) / LEDGER_FILE
-        private_file(path, "run ledger")
         try:
-            db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            db = open_sqlite(path, "run ledger", timeout=timeout)
         except sqlite3.Error as exc:
             raise StateDirError(f"run ledger {path}: {exc}") from None
         try:
-            _wal(db, timeout)
             db.execute("PRAGMA foreign_keys = ON")
             _migrate(db, path)
         except sqlite3.Error as exc:
@@ -443,20 +440,6 @@ def stamp(moment: datetime) -> str:
     if moment.utcoffset() is None:
         raise ValueError("the ledger records aware times only (datetime.now().astimezone())")
     return moment.isoformat(timespec="seconds")
-
-
-def _wal(db: sqlite3.Connection, timeout: float) -> None:
-    """Switch to WAL, waiting for another process that holds the file: SQLite answers "database
-    is locked" at once, without its busy wait, when two processes open a new file together."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:

@@ -21,7 +21,9 @@ import hashlib
 import logging
 import os
 import socket
+import sqlite3
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,3 +196,33 @@ def private_file(path: Path, what: str) -> None:
         raise StateDirError(f"{what} {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def open_sqlite(path: Path, what: str, *, timeout: float) -> sqlite3.Connection:
+    """An SQLite file of the state folder (the run ledger, the Bulk facts store), owner-only
+    (`private_file`) and in WAL mode, in autocommit (callers BEGIN their own transactions).
+
+    A file that cannot be opened is a StateDirError naming `what`; an sqlite3.Error of the WAL
+    switch (a file that is no database) is raised as it is, the connection closed, for the
+    caller to judge. Two processes opening a new file together wait for each other: SQLite
+    answers "database is locked" at once, without its busy wait, while one changes the journal
+    mode.
+    """
+    private_file(path, what)
+    try:
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StateDirError(f"{what} {path}: {exc}") from None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return db
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    except BaseException:
+        db.close()
+        raise

@@ -36,7 +36,7 @@ from adapter.bulk.model import ExportRequest
 from adapter.errors import StateDirError
 from adapter.sources.base import Resource, patient_id_of
 from adapter.sources.unreadable import parse_line
-from adapter.state import private_file
+from adapter.state import open_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,10 @@ class FactStore:
         StoreCorruptError when it is no SQLite database, a damaged one, or of another schema;
         StateDirError when it cannot be opened at all (a link, another user's file, busy).
         """
-        _private_file(path)
-        try:
-            db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StateDirError(f"Bulk facts store {path}: {exc}") from None
+        with _errors(path):
+            db = open_sqlite(path, "Bulk facts store", timeout=timeout)
         try:
             with _errors(path):
-                db.execute("PRAGMA journal_mode = WAL")
                 _prepare(db)
         except BaseException:
             db.close()
@@ -436,7 +432,3 @@ def _errors(path: Path) -> Iterator[None]:
         raise StateDirError(f"Bulk facts store {path}: {text}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreCorruptError(str(exc)) from None
-
-
-def _private_file(path: Path) -> None:
-    private_file(path, "Bulk facts store")
