@@ -14,34 +14,30 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import date
 
 from adapter.cohorts import CohortSpec, read_members
-from adapter.criteria.evaluate import evaluate_patient, in_cohort
-from adapter.criteria.labs import USABLE_STATUSES
-from adapter.criteria.results import PatientVerdict
-from adapter.facts.extract import (
-    FactBuilder,
-    codings,
-    condition_fact,
-    patient_info,
-    procedure_fact,
-)
-from adapter.facts.identity import Identity, identity_of
-from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
+from adapter.criteria.evaluate import in_cohort
+from adapter.facts.extract import codings, condition_fact
+from adapter.facts.model import ConditionFact, PatientFacts, PatientInfo
 from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
-from adapter.sources.base import (
-    Query,
-    ReadNotes,
-    Resource,
-    Source,
-    UnreadableItem,
-    patient_id_of,
-)
+from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
+from adapter.spill import ResourceSpill
+from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
+from adapter.sweep_stages import evaluate_cohort, read_cohort
 from adapter.trials import Trial
+
+__all__ = [
+    "NOT_FOUND",
+    "UNREADABLE_LOGGED",
+    "PatientFailure",
+    "SweepResult",
+    "cohort_ids",
+    "run_sweep",
+    "unusable_reason",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,107 +45,43 @@ log = logging.getLogger(__name__)
 UNREADABLE_LOGGED = 20
 
 Progress = Callable[[str], None]
-NOT_FOUND = "the Patient resource was not found in the source"
-
-
-@dataclass(frozen=True, slots=True)
-class PatientFailure:
-    patient: str
-    reason: str
-    #: the server's own words behind `reason` (FhirError.detail): for the owner-only results only
-    detail: str = ""
-
-
-@dataclass
-class SweepResult:
-    trial: Trial
-    as_of: date
-    verdicts: list[PatientVerdict] = field(default_factory=list)
-    errors: list[PatientFailure] = field(default_factory=list)
-    #: resources read per type, and Observations used / skipped / unusable (with reasons)
-    stats: Counter[str] = field(default_factory=Counter)
-    unusable: Counter[str] = field(default_factory=Counter)
-    outside_cohort: list[str] = field(default_factory=list)
-    #: per type, resources left out because their subject is another server's patient
-    foreign: Counter[str] = field(default_factory=Counter)
-    #: Patient reference -> its first identifier (system, value): logical references in sinks
-    identifiers: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: Patient reference -> name, MRN, birth date, age and sex of each evaluated patient, for
-    #: results.json and the CSVs only (never logs or notifications)
-    identities: dict[str, Identity] = field(default_factory=dict)
-    #: reference -> versioned reference (`Observation/1/_history/3`) of each fact with a version
-    versions: dict[str, str] = field(default_factory=dict)
-    #: Patient reference -> the ResearchSubject status people set on the sink (withdrawn,
-    #: on-study...), read by the sink stage; such a patient is never listed as a new candidate
-    people_status: dict[str, str] = field(default_factory=dict)
-    #: a dry run's planned sink writes (adapter.sinks.plan.PlannedWrite as dicts)
-    planned_writes: list[dict[str, str | None]] = field(default_factory=list)
-    #: input lines (and JSON files) the source skipped as unreadable, in the order met
-    unreadable: list[UnreadableItem] = field(default_factory=list)
-    #: how the cohort was found (issue 13): `form` (search, group:ID, file:NAME) and, for a
-    #: Group or a file, its members' counts and the lines that named nobody (no patient data)
-    cohort: dict[str, object] = field(default_factory=lambda: {"form": "search"})
-    #: how the source read: mode, profile, a switch to per-patient reads, what it cannot reach
-    reads: ReadNotes = field(default_factory=ReadNotes)
-    #: the Bulk export read (`sweep --bulk`, adapter.bulk.export.Export.summary), else None
-    bulk: dict[str, object] | None = None
-    #: the export's error files say some data may be missing: nothing may be written
-    export_blocking: bool = False
-
-    @property
-    def withhold_writes(self) -> bool:
-        """Whether nothing may be written: an unreadable line names no patient for sure, so any
-        patient's data may be missing a piece, and a sink never takes a verdict back."""
-        return self.export_blocking or any(item.patient is None for item in self.unreadable)
-
-    @property
-    def partial(self) -> bool:
-        """Done, but not whole (exit 3): patients under `errors`, input skipped as unreadable,
-        or an export whose error files say data may be missing."""
-        return bool(self.errors or self.unreadable or self.export_blocking)
-
-
-def unusable_reason(values: list[LabValue], as_of: date) -> str | None:
-    """Why no value of an Observation can be used, or None when one can (for the accounting)."""
-    first = values[0]
-    if first.status not in USABLE_STATUSES:
-        return f"status {first.status}"
-    if first.date is None:
-        return "no usable date"
-    if first.date.first_day > as_of:
-        return "dated after as-of"
-    if all(v.normalised is None and not v.value_codes for v in values):
-        # Reasons hold unit text and codes, never values.
-        return next((v.problem for v in values if v.problem), "no usable value")
-    return None
-
-
-async def _fetch_if(needed: bool, source: Source, query: Query) -> AsyncIterator[Resource]:
-    """Fetch only what some criterion reads (trial-spec: fetch only what the criteria need)."""
-    if needed:
-        async for res in source.fetch(query):
-            yield res
 
 
 async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[str]) -> set[str]:
-    """Patients with an active, counting Condition in a cohort code set.
+    """Patients with an active, counting Condition in a cohort code set."""
+    ids, _ = await _cohort_search(trial, source, as_of, stats)
+    return ids
+
+
+async def _cohort_search(
+    trial: Trial, source: Source, as_of: date, stats: Counter[str]
+) -> tuple[set[str], dict[str, list[Resource]]]:
+    """The cohort, and the Conditions of its patients that the search returned and that a
+    search by `code:not` of the cohort's codes would leave out (kept for their facts, so the
+    read of every Condition of the cohort need not fetch them again).
 
     The server matches exact codes only; the prefix rules are applied here on every Condition.
     A folder source returns every Condition of the export: only the code is read of each (a
     whole fact costs ten times as much), and a fact is built for the few that match.
     """
     by_patient: dict[str, list[ConditionFact]] = defaultdict(list)
+    kept: dict[str, list[Resource]] = defaultdict(list)
     aliases = trial.system_aliases
     cohort = trial.cohort
-    async for res in source.fetch(Query("Condition", codes=trial.cohort_tokens())):
+    tokens = trial.cohort_tokens()
+    async for res in source.fetch(Query("Condition", codes=tokens)):
         stats["cohort_conditions_read"] += 1
         pid = patient_id_of(res)
         if pid is None:
             continue
         # The same codes `condition_fact` gives the fact, read before the rest of it.
         codes = codings(res.get("code"), aliases)
-        if any(cs.matches_any(codes) for cs in cohort):
+        counting = any(cs.matches_any(codes) for cs in cohort)
+        if counting:
             by_patient[pid].append(condition_fact(res, aliases))
+        # Only with an id: a copy without one could not be told from the Condition read's.
+        if (counting or not tokens.isdisjoint(codes)) and isinstance(res.get("id"), str):
+            kept[pid].append(res)
     ids = set()
     for pid, conditions in by_patient.items():
         probe = PatientFacts(
@@ -157,7 +89,7 @@ async def cohort_ids(trial: Trial, source: Source, as_of: date, stats: Counter[s
         )
         if in_cohort(probe, trial.cohort, as_of):
             ids.add(pid)
-    return ids
+    return ids, {pid: kept[pid] for pid in ids if pid in kept}
 
 
 async def _read_conditions(
@@ -254,10 +186,11 @@ async def run_sweep(
     # cohort search's unreadable lines name is held back, in the cohort so far or not.
     held: dict[str, UnreadableItem] = {}
     read_already: dict[str, list[ConditionFact]] | None = None
+    kept: dict[str, list[Resource]] = {}
     if only is not None:
         ids = set(only)
     elif cohort is None or cohort.kind == "search":
-        ids = await cohort_ids(trial, source, as_of, stats)
+        ids, kept = await _cohort_search(trial, source, as_of, stats)
         _hold(held, source.unreadable, None)
     else:
         ids, read_already = await _members_in_cohort(trial, source, as_of, cohort, result, track)
@@ -269,119 +202,21 @@ async def run_sweep(
         _hold_back(result, held)
         _note_source(result, source)
         return result
-    wanted = frozenset(ids)
-
-    patients: dict[str, PatientInfo] = {}
-    track.stage("Patient", None)
-    async for res in source.fetch(Query("Patient", patients=wanted)):
-        stats["Patient"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid in wanted:
-            patients[pid] = patient_info(res, mrn_system=mrn_system)
-    say(f"patients read: {len(patients)}")
-
-    reads = trial.reads()
-    conditions: dict[str, list[ConditionFact]] = defaultdict(list)
-    if read_already is not None:
-        conditions.update((pid, facts) for pid, facts in read_already.items() if pid in wanted)
-    elif "Condition" in reads:
-        conditions = await _read_conditions(trial, source, wanted, stats, track)
-
-    procedures: dict[str, list[ProcedureFact]] = defaultdict(list)
-    track.stage("Procedure", None)
-    async for res in _fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
-        stats["Procedure"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid in wanted:
-            procedures[pid].append(procedure_fact(res, trial.system_aliases))
-
-    builder = FactBuilder(
-        trial.analytes, trial.units, trial.needed_analytes(), trial.system_aliases
-    )
-    labs: dict[str, list[LabValue]] = defaultdict(list)
-    observations = Query(
-        "Observation",
-        codes=trial.observation_codes(),
-        patients=wanted,
-        categories=trial.observation_categories(),
-        uncategorised=trial.uncategorised_analytes(),
-    )
-    track.stage("Observation", None)
-    async for res in _fetch_if("Observation" in reads, source, observations):
-        stats["Observation"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid not in wanted:
-            stats["observations_other_patients"] += 1
-            continue
-        values = builder.observation(res)
-        if not values:
-            stats["observations_skipped_code_not_needed"] += 1
-            continue
-        problem = unusable_reason(values, as_of)
-        if problem is None:
-            stats["observations_used"] += 1
-        else:
-            stats["observations_unusable"] += 1
-            result.unusable[problem] += 1
-        labs[pid].extend(values)
-    say(f"observations read: {stats['Observation']}")
-
-    _hold(held, source.unreadable, wanted)
-    manual = [(m.id, m.description) for m in trial.manual]
-    evaluated = sorted(wanted - held.keys())
-    track.stage("evaluation", len(evaluated))
-    for pid in evaluated:
-        track.advance()
-        reference = f"Patient/{pid}"
-        info = patients.get(pid)
-        if info is None:
-            result.errors.append(PatientFailure(reference, NOT_FOUND))
-            continue
-        facts = PatientFacts(
-            info,
-            labs=tuple(labs.get(pid, ())),
-            conditions=tuple(conditions.get(pid, ())),
-            procedures=tuple(procedures.get(pid, ())),
+    with ResourceSpill() as spill:
+        await read_cohort(
+            trial, source, frozenset(ids), kept, read_already is None, spill, stats, track, say
         )
-        if only is not None and not in_cohort(facts, trial.cohort, as_of):
-            result.outside_cohort.append(reference)
-        try:
-            verdict = evaluate_patient(
-                facts,
-                as_of=as_of,
-                criteria=trial.criteria,
-                manual=manual,
-                codesets=trial.codesets,
-                analytes=trial.analytes,
-            )
-        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
-            # A defect on one patient's data must not stop the night's sweep; it is reported
-            # under `errors` (exit 3), with the exception type only: messages may hold values.
-            log.warning("a patient could not be evaluated: %s", type(exc).__name__)
-            result.errors.append(
-                PatientFailure(reference, f"evaluation failed: {type(exc).__name__}")
-            )
-            continue
-        result.verdicts.append(verdict)
-        result.identities[reference] = identity_of(info, as_of)
-        # The MRN, else the first identifier that is no personal document number (SSNs and
-        # the like never enter the facts): what a sink on another server names the patient by.
-        mrn = next(((sys, val) for sys, val in info.identifiers if val == info.mrn), None)
-        chosen = mrn if info.mrn is not None else None
-        if chosen is None and info.identifiers:
-            chosen = info.identifiers[0]
-        if chosen is not None:
-            result.identifiers[reference] = chosen
-        versioned = [(info.reference, info.version)]
-        versioned += [(f.reference, f.version) for f in facts.labs]
-        versioned += [(f.reference, f.version) for f in facts.conditions]
-        versioned += [(f.reference, f.version) for f in facts.procedures]
-        for ref, version in versioned:
-            if version:
-                result.versions[ref] = f"{ref}/_history/{version}"
+        _hold(held, source.unreadable, frozenset(ids))
+        evaluate_cohort(
+            result,
+            spill,
+            sorted(ids),
+            held,
+            read_already,
+            only=only,
+            mrn_system=mrn_system,
+            track=track,
+        )
     track.done()
     _hold_back(result, held)
     _note_source(result, source)

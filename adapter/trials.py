@@ -122,6 +122,18 @@ class Trial:
             codes.update(analyte.panel_codes)
         return frozenset(codes)
 
+    def observation_line_codes(self) -> frozenset[str]:
+        """Every code string an Observation of a needed analyte holds (its code, a component's,
+        a panel's or an answer's): an Observation holding none gives no LabValue (issue 15: a
+        folder source skips such lines unparsed)."""
+        codes: set[str] = set()
+        for name in self.needed_analytes():
+            analyte = self.analytes[name]
+            codes.update(c.code for c in analyte.codes)
+            codes.update(c.code for c in analyte.panel_codes)
+            codes.update(c.code for c in analyte.value_codes)
+        return frozenset(codes)
+
     def observation_categories(self) -> frozenset[str]:
         """The Observation categories the needed analytes name (per-patient reads, issue 13)."""
         return frozenset(c for n in self.needed_analytes() for c in self.analytes[n].categories)

@@ -254,16 +254,25 @@ class FactBuilder:
             for coding in analyte.value_codes:
                 self._by_value.setdefault(coding, []).append(analyte)
 
-    def observation(self, res: Json) -> list[LabValue]:
-        """One LabValue per needed analyte the Observation (or a component) measures."""
+    def measures(self, res: Json) -> bool:
+        """Whether `observation(res)` gives any LabValue: the code check alone, a tenth of the
+        cost of the values (a sweep keeps such Observations and builds their values later)."""
+        return bool(self._found(res))
+
+    def _found(self, res: Json) -> list[tuple[Json, list[tuple[Coding, Analyte, float | None]]]]:
+        """The parts (the Observation, its components) that measure a needed analyte."""
         parts: list[Json] = [res]
         parts.extend(c for c in array(res.get("component")) if isinstance(c, MAPPING))
-        found = [
+        return [
             (part, matches)
             for part in parts
             if not (part is res and len(parts) > 1 and not _has_value(part))  # a panel
             and (matches := self._matches(part))
         ]
+
+    def observation(self, res: Json) -> list[LabValue]:
+        """One LabValue per needed analyte the Observation (or a component) measures."""
+        found = self._found(res)
         if not found:
             return []  # most Observations of an export: nothing a criterion reads
         status = res.get("status")

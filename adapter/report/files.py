@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from adapter.errors import UsageError
@@ -57,13 +58,21 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write atomically (temp file + rename) with mode 0600, so readers never see half a file."""
+def write_private(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write atomically (temp file + rename) with mode 0600, so readers never see half a file.
+
+    `data` may come in pieces (`Iterable[bytes]`), written as they come: a results.json of
+    100,000 patients is never whole in memory (issue 15).
+    """
     make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes | bytearray):
+                fh.write(data)
+            else:
+                for piece in data:
+                    fh.write(piece)
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

@@ -396,8 +396,17 @@ def render_report(
         automated = _default_automated(doc, {m for m, _ in manual})
     as_of = _earliest_day(doc.get("as_of")) if isinstance(doc.get("as_of"), str) else None
     layout = _Layout(manual, tuple(automated), frozenset(labs), as_of)
-    patients: list[dict[str, Any]] = list(doc.get("patients") or [])
-    views = [_patient_view(p, f"p{i + 1}", layout) for i, p in enumerate(patients)]
+    patients: list[dict[str, Any]] = doc.get("patients") or []
+    gone_refs = {_text(e.get("patient")) for e in doc.get("no_longer_qualifies") or []}
+    # Views of the patients the page shows only: at 100,000 patients, one for each of the
+    # ineligible ones took more memory than the rest of the report (issue 15).
+    views = [
+        _patient_view(p, f"p{i + 1}", layout)
+        for i, p in enumerate(patients)
+        if p.get("people_status")
+        or _text(p.get("status")) in FLAGGED
+        or _text(p.get("patient")) in gone_refs
+    ]
     by_ref = {v["ref"]: v for v in views}
     listed = sorted(
         (v for v in views if v["status"] in FLAGGED and not v["people_status"]), key=_table_order

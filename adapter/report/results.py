@@ -16,7 +16,7 @@ from adapter.report.files import write_private
 from adapter.sweep import SweepResult
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 #: `research_subject` of a patient whose write was under way when the sink failed, or of every
 #: flagged patient while the sink is written: it may or may not have reached the sink (the next
@@ -194,13 +194,39 @@ def write_reports(out_dir: Path, doc: Mapping[str, Any]) -> None:
     `doc`), each replaced atomically and owner-only; OutputError if they cannot be.
     """
     try:
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-        write_private(out_dir / "results.json", data)
+        write_private(out_dir / "results.json", json_pieces(doc))
         write_private(out_dir / "candidates.csv", candidates_csv(doc).encode())
         write_private(out_dir / "candidates-detail.csv", candidates_detail_csv(doc).encode())
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise OutputError(f"{out_dir}: the report could not be written ({why})") from exc
+
+
+def json_pieces(doc: Mapping[str, Any]) -> Iterator[bytes]:
+    """`doc` as `orjson.dumps(doc, option=OPT_INDENT_2) + b"\\n"` writes it, byte for byte, in
+    pieces: one per top-level key and one per item of a top-level list, so that the patients
+    of a large sweep are never all in one string (issue 15)."""
+    if not doc:
+        yield b"{}\n"
+        return
+    separator = b"{"
+    for key, value in doc.items():
+        yield separator + b"\n  " + orjson.dumps(key) + b": "
+        separator = b","
+        if isinstance(value, list) and value:
+            opening = b"["
+            for item in value:
+                yield opening + b"\n    " + _indented(item, 4)
+                opening = b","
+            yield b"\n  ]"
+        else:
+            yield _indented(value, 2)
+    yield b"\n}\n"
+
+
+def _indented(value: object, depth: int) -> bytes:
+    # A JSON text has no raw newline inside a string: every newline is orjson's indentation.
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n" + b" " * depth)
 
 
 def unknown_summary(verdicts: list[PatientVerdict]) -> dict[str, int]:

@@ -31,6 +31,15 @@ class Query:
     categories: frozenset[str] | None = None
     #: the needed analytes that name no category: a search by category cannot reach them
     uncategorised: frozenset[str] = frozenset()
+    #: code strings (any system) of which a resource must hold one, as the `code` of a coding
+    #: anywhere in it, for the caller to use it (issue 15): a folder source may skip, unparsed,
+    #: the lines of wanted patients that hold none, counting them in `code_skipped`. None: no
+    #: such test (every resource of the wanted patients may matter).
+    line_codes: frozenset[str] | None = None
+    #: exact codes whose resources an earlier query of the run already fetched (the cohort's
+    #: Conditions, issue 15): a source may leave those out (a server by `code:not`), and the
+    #: caller drops any it returns again, so a source that ignores this is still right
+    exclude_codes: frozenset[Coding] | None = None
 
 
 @dataclass(frozen=True, slots=True)

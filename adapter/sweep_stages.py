@@ -1,0 +1,259 @@
+"""The sweep's two stages after the cohort: read what the criteria need, then evaluate.
+
+Reading puts every resource of the cohort's patients into a `ResourceSpill` (on disk, issue 15);
+evaluating takes them back one patient at a time, builds that patient's facts and verdict, and
+lets them go, so a sweep's memory does not grow with its cohort's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+from adapter.criteria.evaluate import evaluate_patient, in_cohort
+from adapter.criteria.results import PatientVerdict
+from adapter.facts.extract import (
+    FactBuilder,
+    condition_fact,
+    patient_info,
+    procedure_fact,
+    reference_of,
+)
+from adapter.facts.identity import identity_of
+from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
+from adapter.progress import Progress as Tracker
+from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
+from adapter.spill import Kind, ResourceSpill
+from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
+from adapter.trials import Trial
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+async def fetch_if(needed: bool, source: Source, query: Query) -> AsyncIterator[Resource]:
+    """Fetch only what some criterion reads (trial-spec: fetch only what the criteria need)."""
+    if needed:
+        async for res in source.fetch(query):
+            yield res
+
+
+async def read_cohort(
+    trial: Trial,
+    source: Source,
+    wanted: frozenset[str],
+    kept: dict[str, list[Resource]],
+    read_conditions: bool,
+    spill: ResourceSpill,
+    stats: Counter[str],
+    track: Tracker,
+    say: Progress,
+) -> None:
+    """Every resource the criteria need of the `wanted` patients, into `spill`: their Patient,
+    and their Conditions, Procedures and Observations where a criterion reads them.
+
+    `kept` are Conditions the cohort search returned: the Condition read asks the source to
+    leave them out (`exclude_codes`), and takes each once whether it does or not.
+    """
+    reads = trial.reads()
+    track.stage("Patient", None)
+    found: set[str] = set()
+    async for res in source.fetch(Query("Patient", patients=wanted)):
+        stats["Patient"] += 1
+        track.advance()
+        pid = patient_id_of(res)
+        if pid in wanted:
+            found.add(pid)
+            spill.add(pid, Kind.PATIENT, res)
+    say(f"patients read: {len(found)}")
+
+    if read_conditions and "Condition" in reads:
+        track.stage("Condition", None)
+        leftover = {reference_of(r): (pid, r) for pid, rs in kept.items() for r in rs}
+        conditions = Query(
+            "Condition",
+            patients=wanted,
+            exclude_codes=trial.cohort_tokens() if leftover else None,
+        )
+        async for res in source.fetch(conditions):
+            stats["Condition"] += 1
+            track.advance()
+            pid = patient_id_of(res)
+            if pid in wanted:
+                leftover.pop(reference_of(res), None)
+                spill.add(pid, Kind.CONDITION, res)
+        for pid, res in leftover.values():
+            spill.add(pid, Kind.CONDITION, res)
+
+    track.stage("Procedure", None)
+    async for res in fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
+        stats["Procedure"] += 1
+        track.advance()
+        pid = patient_id_of(res)
+        if pid in wanted:
+            spill.add(pid, Kind.PROCEDURE, res)
+
+    builder = _builder(trial)
+    observations = Query(
+        "Observation",
+        codes=trial.observation_codes(),
+        patients=wanted,
+        categories=trial.observation_categories(),
+        uncategorised=trial.uncategorised_analytes(),
+        line_codes=trial.observation_line_codes(),
+    )
+    track.stage("Observation", None)
+    unparsed = _code_skipped(source, "Observation")
+    async for res in fetch_if("Observation" in reads, source, observations):
+        stats["Observation"] += 1
+        track.advance()
+        pid = patient_id_of(res)
+        if pid not in wanted:
+            stats["observations_other_patients"] += 1
+        elif builder.measures(res):
+            spill.add(pid, Kind.OBSERVATION, res)
+        else:
+            stats["observations_skipped_code_not_needed"] += 1
+    # Lines a folder source skipped unparsed because they hold none of the codes: counted as
+    # if they had been read and skipped here, so the counts do not depend on the source.
+    unparsed = _code_skipped(source, "Observation") - unparsed
+    stats["Observation"] += unparsed
+    track.advance(unparsed)
+    stats["observations_skipped_code_not_needed"] += unparsed
+    say(f"observations read: {stats['Observation']}")
+
+
+def _code_skipped(source: Source, resource_type: str) -> int:
+    counts: Counter[str] | None = getattr(source, "code_skipped", None)
+    return counts[resource_type] if counts is not None else 0
+
+
+def _builder(trial: Trial) -> FactBuilder:
+    return FactBuilder(trial.analytes, trial.units, trial.needed_analytes(), trial.system_aliases)
+
+
+def evaluate_cohort(
+    result: SweepResult,
+    spill: ResourceSpill,
+    ids: list[str],
+    held: dict[str, UnreadableItem],
+    read_already: dict[str, list[ConditionFact]] | None,
+    *,
+    only: frozenset[str] | None,
+    mrn_system: str | None,
+    track: Tracker,
+) -> None:
+    """Build each of `ids`' facts from the spill and evaluate them, one patient at a time, in id
+    order; patients in `held` have their labs counted but are not evaluated."""
+    trial, as_of = result.trial, result.as_of
+    builder = _builder(trial)
+    manual = [(m.id, m.description) for m in trial.manual]
+    track.stage("evaluation", sum(1 for pid in ids if pid not in held))
+    groups = spill.by_patient()
+    pending = next(groups, None)
+    for pid in ids:
+        while pending is not None and pending[0] < pid:  # (never: every row is of `ids`)
+            pending = next(groups, None)
+        rows: list[tuple[Kind, Resource]] = []
+        if pending is not None and pending[0] == pid:
+            rows, pending = pending[1], next(groups, None)
+        info, facts = _facts_of(rows, builder, result, mrn_system)
+        if read_already is not None:
+            facts = replace(facts, conditions=tuple(read_already.get(pid, ())))
+        if pid in held:
+            continue
+        track.advance()
+        reference = f"Patient/{pid}"
+        if info is None:
+            result.errors.append(PatientFailure(reference, NOT_FOUND))
+            continue
+        facts = replace(facts, patient=info)
+        if only is not None and not in_cohort(facts, trial.cohort, as_of):
+            result.outside_cohort.append(reference)
+        try:
+            verdict = evaluate_patient(
+                facts,
+                as_of=as_of,
+                criteria=trial.criteria,
+                manual=manual,
+                codesets=trial.codesets,
+                analytes=trial.analytes,
+            )
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            # A defect on one patient's data must not stop the night's sweep; it is reported
+            # under `errors` (exit 3), with the exception type only: messages may hold values.
+            log.warning("a patient could not be evaluated: %s", type(exc).__name__)
+            result.errors.append(
+                PatientFailure(reference, f"evaluation failed: {type(exc).__name__}")
+            )
+            continue
+        _record(result, verdict, info, facts)
+
+
+def _facts_of(
+    rows: list[tuple[Kind, Resource]],
+    builder: FactBuilder,
+    result: SweepResult,
+    mrn_system: str | None,
+) -> tuple[PatientInfo | None, PatientFacts]:
+    """One patient's facts from the resources read, and the count of each Observation used or
+    unusable (with its reason). The last Patient read wins, as a search's later page would."""
+    aliases = result.trial.system_aliases
+    info: PatientInfo | None = None
+    labs: list[LabValue] = []
+    conditions: list[ConditionFact] = []
+    procedures: list[ProcedureFact] = []
+    for kind, res in rows:
+        if kind is Kind.PATIENT:
+            info = patient_info(res, mrn_system=mrn_system)
+        elif kind is Kind.CONDITION:
+            conditions.append(condition_fact(res, aliases))
+        elif kind is Kind.PROCEDURE:
+            procedures.append(procedure_fact(res, aliases))
+        else:
+            values = builder.observation(res)
+            problem = unusable_reason(values, result.as_of) if values else "no usable value"
+            if problem is None:
+                result.stats["observations_used"] += 1
+            else:
+                result.stats["observations_unusable"] += 1
+                result.unusable[problem] += 1
+            labs.extend(values)
+    facts = PatientFacts(
+        info or _NO_PATIENT,
+        labs=tuple(labs),
+        conditions=tuple(conditions),
+        procedures=tuple(procedures),
+    )
+    return info, facts
+
+
+_NO_PATIENT = PatientInfo("Patient/?", None, None)
+
+
+def _record(
+    result: SweepResult, verdict: PatientVerdict, info: PatientInfo, facts: PatientFacts
+) -> None:
+    """Keep a patient's verdict, identity, the identifier a sink names them by, and the
+    versions of the resources behind the evidence."""
+    reference = verdict.patient
+    result.verdicts.append(verdict)
+    result.identities[reference] = identity_of(info, result.as_of)
+    # The MRN, else the first identifier that is no personal document number (SSNs and
+    # the like never enter the facts): what a sink on another server names the patient by.
+    mrn = next(((sys, val) for sys, val in info.identifiers if val == info.mrn), None)
+    chosen = mrn if info.mrn is not None else None
+    if chosen is None and info.identifiers:
+        chosen = info.identifiers[0]
+    if chosen is not None:
+        result.identifiers[reference] = chosen
+    versioned = [(info.reference, info.version)]
+    versioned += [(f.reference, f.version) for f in facts.labs]
+    versioned += [(f.reference, f.version) for f in facts.conditions]
+    versioned += [(f.reference, f.version) for f in facts.procedures]
+    for ref, version in versioned:
+        if version:
+            result.versions[ref] = f"{ref}/_history/{version}"

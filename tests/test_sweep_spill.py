@@ -1,0 +1,136 @@
+"""The sweep reads the cohort's resources into an on-disk spill and evaluates patient by patient
+(issue 15): the verdicts, the counts and the facts are those of reading everything into memory,
+and the cohort's Conditions are not taken twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import date
+from pathlib import Path
+
+from adapter.sources.base import Query, Resource
+from adapter.sources.files import FolderSource
+from adapter.spill import Kind, ResourceSpill
+from adapter.sweep import run_sweep
+from adapter.trials import load_trial
+
+DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+HCC = "hcc-ablation-lenvatinib-pd1"
+AS_OF = date(2026, 6, 15)
+
+
+def test_the_spill_gives_each_patient_their_resources_in_the_order_added() -> None:
+    with ResourceSpill() as spill:
+        spill.add("b", Kind.OBSERVATION, {"id": "o1"})
+        spill.add("a", Kind.PATIENT, {"id": "a"})
+        spill.add("b", Kind.PATIENT, {"id": "b"})
+        spill.add("a", Kind.CONDITION, {"id": "c1", "note": "é"})
+        spill.add("b", Kind.OBSERVATION, {"id": "o2"})
+        got = [(pid, [(k, r["id"]) for k, r in rows]) for pid, rows in spill.by_patient()]
+    assert got == [
+        ("a", [(Kind.PATIENT, "a"), (Kind.CONDITION, "c1")]),
+        ("b", [(Kind.OBSERVATION, "o1"), (Kind.PATIENT, "b"), (Kind.OBSERVATION, "o2")]),
+    ]
+
+
+def test_the_spill_orders_patients_as_python_sorts_their_ids() -> None:
+    ids = ["Z", "a", "é", "ä", "10", "9", "a-b", "a.b", "\u4e2d"]
+    with ResourceSpill() as spill:
+        for pid in ids:
+            spill.add(pid, Kind.PATIENT, {"id": pid})
+        assert [pid for pid, _ in spill.by_patient()] == sorted(ids)
+
+
+def test_the_spill_holds_more_than_one_batch() -> None:
+    with ResourceSpill() as spill:
+        for i in range(5000):
+            spill.add(f"p{i % 7}", Kind.OBSERVATION, {"n": i})
+        groups = dict(spill.by_patient())
+    assert sum(len(rows) for rows in groups.values()) == 5000
+    assert [r["n"] for _, r in groups["p3"]] == list(range(3, 5000, 7))
+
+
+class Recording:
+    """A folder source that records each query and may honour `exclude_codes` as a server with
+    `code:not` would."""
+
+    def __init__(self, *, honour_exclude: bool) -> None:
+        self.inner = FolderSource(DEMO)
+        self.honour_exclude = honour_exclude
+        self.queries: list[Query] = []
+        self.foreign = self.inner.foreign
+        self.unreadable = self.inner.unreadable
+        self.reads = self.inner.reads
+        self.code_skipped: Counter[str] = self.inner.code_skipped
+        self.conditions_given: Counter[str] = Counter()
+
+    async def fetch(self, query: Query) -> AsyncIterator[Resource]:
+        self.queries.append(query)
+        async for res in self.inner.fetch(query):
+            if query.resource_type == "Condition" and query.patients is not None:
+                codes = {
+                    (c.get("system"), c.get("code"))
+                    for c in (res.get("code") or {}).get("coding") or []
+                }
+                excluded = {(c.system, c.code) for c in query.exclude_codes or ()}
+                if self.honour_exclude and codes & excluded:
+                    continue
+                self.conditions_given[str(res.get("id"))] += 1
+            yield res
+
+    async def group(self, group_id: str) -> Resource | None:
+        return await self.inner.group(group_id)
+
+    def patients_by_identifier(self, tokens):  # type: ignore[no-untyped-def]
+        return self.inner.patients_by_identifier(tokens)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _sweep(source: object):  # type: ignore[no-untyped-def]
+    return asyncio.run(run_sweep(load_trial(HCC), source, AS_OF))  # type: ignore[arg-type]
+
+
+def _statuses(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {v.patient: v.status.value for v in result.verdicts}
+
+
+def test_a_source_that_leaves_out_the_cohorts_conditions_gives_the_same_verdicts() -> None:
+    plain = Recording(honour_exclude=False)
+    excluding = Recording(honour_exclude=True)
+    a, b = _sweep(plain), _sweep(excluding)
+    assert _statuses(a) == _statuses(b)
+    assert [v.criteria for v in a.verdicts] == [v.criteria for v in b.verdicts]
+    (second,) = [q for q in excluding.queries if q.resource_type == "Condition" and q.patients]
+    assert second.exclude_codes == load_trial(HCC).cohort_tokens()
+    # The cohort's own Conditions came once, from the cohort search.
+    assert sum(excluding.conditions_given.values()) < sum(plain.conditions_given.values())
+
+
+def test_the_observation_query_names_every_code_a_lab_value_can_come_from() -> None:
+    source = Recording(honour_exclude=False)
+    _sweep(source)
+    (query,) = [q for q in source.queries if q.resource_type == "Observation"]
+    trial = load_trial(HCC)
+    assert query.line_codes is not None
+    for name in trial.needed_analytes():
+        analyte = trial.analytes[name]
+        assert {c.code for c in analyte.codes} <= query.line_codes
+        assert {c.code for c in analyte.value_codes} <= query.line_codes
+
+
+def test_counts_are_those_of_reading_everything() -> None:
+    """Observations skipped unparsed for their code count as read and skipped for it."""
+    result = _sweep(FolderSource(DEMO))
+    stats = result.stats
+    assert stats["Observation"] == (
+        stats["observations_used"]
+        + stats["observations_unusable"]
+        + stats["observations_skipped_code_not_needed"]
+        + stats["observations_other_patients"]
+    )
+    assert sum(result.unusable.values()) == stats["observations_unusable"]
