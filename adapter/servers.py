@@ -45,6 +45,10 @@ class TypeRules:
     `unsupported`: parameters the server ignores or refuses for this type.
     `categories`: category tokens to search with when `category` is required and the adapter
     has no categories of its own for the type (Condition's `problem-list-item` ...).
+    `not_modifier`: the server honours the token modifier `:not` on `code`, with the R4 meaning
+    "holds no matching coding", so codes an earlier search of the run already fetched are sent
+    as `code:not` (one parameter each; repeated parameters are ANDed) and left out (issue 15).
+    Off by default: R4 does not oblige a server to support a modifier.
     """
 
     required: frozenset[str] = frozenset()
@@ -52,6 +56,7 @@ class TypeRules:
     post_filters: frozenset[str] = frozenset()
     unsupported: frozenset[str] = frozenset()
     categories: tuple[str, ...] = ()
+    not_modifier: bool = False
 
     def honours(self, param: str) -> bool:
         """Whether the server filters by `param` itself, before paging."""
@@ -120,7 +125,7 @@ GENERIC = ServerProfile()
 #: the resource types a profile may give rules for: those the sweep and the cohorts search
 SearchType = Literal["Patient", "Condition", "Observation", "Procedure", "Group"]
 SEARCH_TYPES: tuple[str, ...] = get_args(SearchType)
-RULES = ("required", "single_valued", "post_filters", "unsupported", "categories")
+RULES = ("required", "single_valued", "post_filters", "unsupported", "categories", "not_modifier")
 ExportLevel = Literal["system", "patient", "group"]
 Algorithm = Literal["RS384", "ES384"]
 #: every field a profile can state, as `sources` and `uncited` name it
@@ -150,6 +155,7 @@ class TypeRulesModel(Strict):
     post_filters: list[str] = Field(default_factory=list)
     unsupported: list[str] = Field(default_factory=list)
     categories: list[str] = Field(default_factory=list)
+    not_modifier: bool = False
 
     @field_validator("required", "single_valued", "post_filters", "unsupported")
     @classmethod
@@ -269,6 +275,7 @@ def _to_profile(model: ProfileModel) -> ServerProfile:
             post_filters=frozenset(rules.post_filters),
             unsupported=frozenset(rules.unsupported),
             categories=tuple(rules.categories),
+            not_modifier=rules.not_modifier,
         )
         for kind, rules in model.searches.items()
     }
@@ -306,7 +313,10 @@ def field_values(profile: ServerProfile) -> dict[str, object]:
     for kind in SEARCH_TYPES:
         rules = profile.rules(kind)
         for rule in RULES:
-            values[f"searches.{kind}.{rule}"] = frozenset(getattr(rules, rule))
+            value = getattr(rules, rule)
+            values[f"searches.{kind}.{rule}"] = (
+                value if isinstance(value, bool) else frozenset(value)
+            )
     return values
 
 
@@ -437,6 +447,8 @@ def _rules_line(kind: str, rules: TypeRules) -> str:
         parts.append(f"not supported: {', '.join(sorted(rules.unsupported))}")
     if rules.categories:
         parts.append(f"categories searched: {', '.join(rules.categories)}")
+    if rules.not_modifier:
+        parts.append("code:not honoured (codes fetched already are left out)")
     return "; ".join(parts)
 
 

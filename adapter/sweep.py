@@ -20,7 +20,7 @@ from datetime import date
 from adapter.cohorts import CohortSpec, read_members
 from adapter.criteria.evaluate import in_cohort
 from adapter.facts.extract import codings, condition_fact
-from adapter.facts.model import ConditionFact, PatientFacts, PatientInfo
+from adapter.facts.model import Coding, ConditionFact, PatientFacts, PatientInfo
 from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
@@ -80,7 +80,7 @@ async def _cohort_search(
         if counting:
             by_patient[pid].append(condition_fact(res, aliases))
         # Only with an id: a copy without one could not be told from the Condition read's.
-        if (counting or not tokens.isdisjoint(codes)) and isinstance(res.get("id"), str):
+        if (counting or _excluded_by(tokens, res, codes)) and isinstance(res.get("id"), str):
             kept[pid].append(res)
     ids = set()
     for pid, conditions in by_patient.items():
@@ -90,6 +90,28 @@ async def _cohort_search(
         if in_cohort(probe, trial.cohort, as_of):
             ids.add(pid)
     return ids, {pid: kept[pid] for pid in ids if pid in kept}
+
+
+def _excluded_by(tokens: frozenset[Coding], res: Resource, aliased: tuple[Coding, ...]) -> bool:
+    """Whether a search with `code:not` of `tokens` may leave `res` out: one of its codings is a
+    token, as written (the server compares the system as sent) or in the mappings' spelling;
+    a token without a system stands for its code in any system."""
+    if not tokens.isdisjoint(aliased):
+        return True
+    written = _written_codings(res.get("code"))
+    bare = {t.code for t in tokens if not t.system}
+    return not tokens.isdisjoint(written) or any(c.code in bare for c in written)
+
+
+def _written_codings(concept: object) -> set[Coding]:
+    """The codings of a CodeableConcept as written (`""` for no system), aliases not applied."""
+    found: set[Coding] = set()
+    listed = concept.get("coding") if isinstance(concept, dict) else None
+    for c in listed if isinstance(listed, list) else ():
+        if isinstance(c, dict) and isinstance(c.get("code"), str):
+            system = c.get("system")
+            found.add(Coding(system if isinstance(system, str) else "", c["code"]))
+    return found
 
 
 async def _read_conditions(

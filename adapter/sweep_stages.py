@@ -86,6 +86,8 @@ async def read_cohort(
                 leftover.pop(reference_of(res), None)
                 spill.add(pid, Kind.CONDITION, res)
         for pid, res in leftover.values():
+            # Left out by the source (`code:not`): counted as the read would have counted it.
+            stats["Condition"] += 1
             spill.add(pid, Kind.CONDITION, res)
 
     track.stage("Procedure", None)

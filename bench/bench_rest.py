@@ -34,6 +34,8 @@ Environment:
   BENCH_FHIR_PORT        port of the temporary server (default 8790; another free port if taken)
   BENCH_LOAD_BATCH       entries per transaction Bundle (default 2000)
   BENCH_FHIRPY           0 skips the fhirpy peer
+  BENCH_REST_PROFILE     the server profile the sweep uses (default hapi: sekmet-fhir honours
+                         the `code:not` the hapi profile sends on Conditions; `generic` sends none)
   BENCH_FHIR_URL         an already running server holding the one dataset of BENCH_REST_DATA
                          (nothing is started, loaded or stopped)
 """
@@ -66,7 +68,7 @@ import orjson
 from common import HCC, T2DM
 
 from adapter.config import ServerConfig
-from adapter.connect import open_source
+from adapter.connect import open_source, resolve_profile
 from adapter.sweep import SweepResult, run_sweep
 from adapter.trials import Trial, load_trial
 
@@ -78,6 +80,7 @@ PORT = int(os.environ.get("BENCH_FHIR_PORT", "8790"))
 LOAD_BATCH = int(os.environ.get("BENCH_LOAD_BATCH", "2000"))
 DATASETS = os.environ.get("BENCH_REST_DATA", "synthea-615,2000")
 FHIRPY = os.environ.get("BENCH_FHIRPY", "1") != "0"
+PROFILE = os.environ.get("BENCH_REST_PROFILE", "hapi")
 EXTERNAL_URL = os.environ.get("BENCH_FHIR_URL")
 TRIALS = (T2DM, HCC)
 TARGET_SWEEP = 1.05
@@ -308,7 +311,11 @@ def rest_sweep(base: str, trial: Trial, as_of: date) -> RestRun:
         recorder = _Recorder()
         with recorder.installed():
             start = time.perf_counter()
-            async with open_source(base, ServerConfig(), env={}, say=lambda _m: None) as source:
+            config = ServerConfig(profile=PROFILE)
+            profile = resolve_profile(config, None, None)
+            async with open_source(
+                base, config, env={}, say=lambda _m: None, profile=profile
+            ) as source:
                 opened = time.perf_counter()
                 recorder.in_sweep = True
                 result = await run_sweep(trial, source, as_of)
@@ -587,7 +594,8 @@ def render(doc: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu', '?')}, {m['cores']} cores, {m.get('memory_gib', '?')} GiB; load "
         f"average at start {m['load_average']}; "
         + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
-        + f"; main at {doc['git']} (and the working tree as it was); runs {RUNS}."
+        + f"; main at {doc['git']} (and the working tree as it was); runs {RUNS}; "
+        f"server profile {doc.get('profile', 'generic')}."
     ]
     parts += [
         f"Load ({d['dataset']}): {d['resources']:,} resources in {d['seconds']:.0f} s "
@@ -648,6 +656,7 @@ def main() -> int:
         "machine": common.machine(),
         "versions": common.versions(),
         "targets_issue": 15,
+        "profile": PROFILE,
         "loads": [],
         "rows": [],
         "notes": [],

@@ -134,3 +134,25 @@ def test_counts_are_those_of_reading_everything() -> None:
         + stats["observations_other_patients"]
     )
     assert sum(result.unusable.values()) == stats["observations_unusable"]
+
+
+def test_the_cohort_search_keeps_what_a_code_not_search_may_leave_out() -> None:
+    """As written or in the mappings' spelling, and a token without a system in any system."""
+    from adapter.facts.model import Coding
+    from adapter.sweep import _excluded_by
+
+    tokens = frozenset({Coding("http://hl7.org/fhir/sid/icd-10-cm", "C22.0"), Coding("", "X1")})
+
+    def res(*codings: dict[str, str]) -> Resource:
+        return {"code": {"coding": list(codings)}}
+
+    icd = {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C22.0"}
+    assert _excluded_by(tokens, res(icd), ())
+    assert _excluded_by(tokens, res({"system": "urn:other", "code": "X1"}), ())
+    assert _excluded_by(tokens, res({"code": "X1"}), ())
+    assert not _excluded_by(tokens, res({"system": "urn:other", "code": "C22.0"}), ())
+    assert not _excluded_by(tokens, {"code": "C22.0"}, ())
+    aliased = (Coding("http://hl7.org/fhir/sid/icd-10-cm", "C22.0"),)
+    assert _excluded_by(
+        tokens, res({"system": "urn:oid:2.16.840.1.113883.6.90", "code": "C22.0"}), aliased
+    )

@@ -95,7 +95,10 @@ class PatientPlan:
         kind = self.query.resource_type
         param = patient_param(kind)
         groups = self.selection.groups(self.rules)
-        return [search_for(self.rules, kind, param, (patient,), *group) for group in groups]
+        excluded = self.selection.excluded
+        return [
+            search_for(self.rules, kind, param, (patient,), *group, excluded) for group in groups
+        ]
 
 
 async def read_or_none(

@@ -26,11 +26,12 @@ reaches the cap taken as cut.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import FhirError, HttpStatusError, InvalidResponseError, UsageError
@@ -146,6 +147,9 @@ class RestSource:
         #: patients searched at once in per-patient mode: as many as the client's exchanges
         self.concurrency = client.limiter.limits.max_concurrent
         self._counts_work = True
+        #: a search naming several patients was answered; until then one asks at a time
+        self._many_answered = False
+        self._asking: asyncio.Event | None = None
         self.reads = ReadNotes(mode=mode, profile=profile.name)
         self.foreign: Counter[str] = Counter()
         self._foreign_seen: set[tuple[str, str]] = set()
@@ -237,24 +241,75 @@ class RestSource:
         seen: set[ResourceKey],
         one_each: Callable[[list[str]], AsyncGenerator[Resource, None]],
     ) -> AsyncGenerator[Resource, None]:
-        """The batch searches in turn; once a batch is refused (or an earlier fetch switched the
-        source), the patients of it and of every later batch through `one_each`."""
-        for index, search in enumerate(searches):
-            refused = search.patients is not None and self.reads.mode == "per-patient"
-            if not refused:
-                try:
-                    async for resource in self._uncapped(search, seen):
-                        if self._accept(resource, kind):
-                            yield resource
-                except RefusedBatch as exc:
-                    self._switch(exc.error)
-                    refused = True
-            if refused:
-                rest = list(dict.fromkeys(v for s in searches[index:] for v in s.patients or ()))
-                async with aclosing(one_each(rest)) as resources:
-                    async for resource in resources:
+        """The batch searches, yielded in batch order; once a batch is refused (or an earlier
+        fetch switched the source), the patients of it and of every later batch through
+        `one_each`.
+
+        Several batches run at once (issue 15), `concurrency` at most, each paged in turn by its
+        next links; the client's limiter bounds the requests in flight over the whole source. A
+        batch's resources are held until the batches before it are yielded, so at most
+        `concurrency` batches are held; the first failure, or closing the fetch early, cancels
+        the batches still running. A lone search is streamed page by page, holding nothing.
+        """
+        if len(searches) == 1 and self.reads.mode != "per-patient":
+            try:
+                async for resource in self._uncapped(searches[0], seen):
+                    if self._accept(resource, kind):
                         yield resource
                 return
+            except RefusedBatch as exc:
+                # Nothing came before the refusal: its first page is what was refused.
+                self._switch(exc.error)
+
+        async def one(search: Search) -> list[Resource] | None:
+            """The batch's resources; None when its patients are to be read one at a time."""
+            async with self._asking_many(search):
+                if search.patients is not None and self.reads.mode == "per-patient":
+                    return None  # switched already (by this fetch or an earlier one)
+                mine: set[ResourceKey] = set()
+                try:
+                    return [resource async for resource in self._uncapped(search, mine)]
+                except RefusedBatch as exc:
+                    self._switch(exc.error)
+                    return None
+
+        done = 0
+        refused = False
+        async with aclosing(ordered_map(one, searches, limit=self.concurrency)) as results:
+            async for found in results:
+                if found is None:
+                    refused = True
+                    break  # closing the window cancels the later batches
+                for resource in found:
+                    if _first_time(resource, seen) and self._accept(resource, kind):
+                        yield resource
+                done += 1
+        if refused:
+            rest = list(dict.fromkeys(v for s in searches[done:] for v in s.patients or ()))
+            async with aclosing(one_each(rest)) as resources:
+                async for resource in resources:
+                    yield resource
+
+    @asynccontextmanager
+    async def _asking_many(self, search: Search) -> AsyncIterator[None]:
+        """Until the server has answered one search naming several patients, one such search
+        runs and the others wait for its first page: a server that refuses them (issue 13) is
+        asked once, not `concurrency` times, before the source reads one patient at a time."""
+        if search.patients is None or len(search.patients) < 2:
+            yield
+            return
+        while self._asking is not None and not self._many_answered:
+            await self._asking.wait()
+        if self._many_answered or self.reads.mode == "per-patient":
+            yield
+            return
+        # This batch asks; if it fails otherwise (or is cancelled), a waiting one asks next.
+        asking = self._asking = asyncio.Event()
+        try:
+            yield
+        finally:
+            self._asking = None
+            asking.set()
 
     async def _per_patient(
         self, query: Query, ids: list[str], seen: set[ResourceKey]
@@ -360,12 +415,16 @@ class RestSource:
     async def _open(self, search: Search) -> tuple[JsonObject, str]:
         """The first page of `search`; a refusal that asks for one patient at a time is told
         apart (`RefusedBatch`) when the search names several."""
+        many = search.patients is not None and len(search.patients) > 1
         try:
-            return await self._first_page(search.resource_type, self._params(search))
+            found = await self._first_page(search.resource_type, self._params(search))
         except HttpStatusError as exc:
-            if search.patients is not None and len(search.patients) > 1 and refuses_many(exc):
+            if many and refuses_many(exc):
                 raise RefusedBatch(exc) from exc
             raise
+        if many:
+            self._many_answered = True
+        return found
 
     def _halves(self, search: Search, why: str) -> tuple[Search, Search]:
         halves = search.halves()

@@ -111,7 +111,8 @@ def checked_ids(patients: Iterable[str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Search:
     """One search of a query: a batch of patients (None: all), code and category tokens (None:
-    any). `post_filtered`: it carries a parameter the server applies after paging."""
+    any). `post_filtered`: it carries a parameter the server applies after paging. `excluded`:
+    code tokens whose resources an earlier search fetched, sent as `code:not` (issue 15)."""
 
     resource_type: str
     patient_param: str
@@ -119,14 +120,21 @@ class Search:
     codes: tuple[str, ...] | None
     categories: tuple[str, ...] | None = None
     post_filtered: bool = False
+    excluded: tuple[str, ...] = ()
 
     def selection(self) -> list[tuple[str, str]]:
-        """The parameters that choose the resources: patients, then codes, then categories."""
+        """The parameters that choose the resources: patients, codes, exclusions, categories.
+
+        Each excluded token is a `code:not` of its own: repeated parameters are ANDed (R4
+        search), so a resource holding any of them is left out whatever a server makes of
+        `:not` with a comma-separated list.
+        """
         out: list[tuple[str, str]] = []
         if self.patients is not None:
             out.append((self.patient_param, ",".join(self.patients)))
         if self.codes is not None:
             out.append(("code", ",".join(self.codes)))
+        out += [("code:not", token) for token in self.excluded]
         if self.categories is not None:
             out.append(("category", ",".join(self.categories)))
         return out
@@ -178,10 +186,11 @@ def search_for(
     patients: tuple[str, ...] | None,
     codes: CodeGroup = None,
     categories: CodeGroup = None,
+    excluded: tuple[str, ...] = (),
 ) -> Search:
     """A `Search`, marked `post_filtered` when `rules` say the server filters one of its
     parameters after paging."""
-    search = Search(kind, param, patients, codes, categories)
+    search = Search(kind, param, patients, codes, categories, excluded=excluded)
     return replace(search, post_filtered=carries_post_filter(search, rules))
 
 
@@ -191,12 +200,14 @@ class Selection:
 
     `by_category`: Observations are searched by category in place of `code` (a per-patient read
     on a server whose `code` is no filter), so what no category names is out of reach.
+    `excluded`: code tokens to send as `code:not` (`excluded_tokens`).
     """
 
     resource_type: str
     codes: tuple[str, ...] | None
     categories: tuple[str, ...] | None
     by_category: bool = False
+    excluded: tuple[str, ...] = ()
 
     def groups(self, rules: TypeRules) -> list[tuple[CodeGroup, CodeGroup]]:
         """(codes, categories) of each search: one value each where the server takes one only."""
@@ -260,7 +271,19 @@ def select(query: Query, rules: TypeRules, *, per_patient: bool) -> Selection | 
             return Selection(kind, None, wanted or None, by_category=bool(wanted))
     if kind == "Observation" and codes is not None:
         required = ()
-    return Selection(kind, codes, required or None)
+    return Selection(kind, codes, required or None, excluded=excluded_tokens(query, rules))
+
+
+def excluded_tokens(query: Query, rules: TypeRules) -> tuple[str, ...]:
+    """`query.exclude_codes` as tokens to send as `code:not`, sorted; none unless the profile
+    says the server honours `:not` on `code` and filters by `code` before paging, and the
+    query names no codes of its own (the cohort's Conditions are left out of the read of every
+    Condition of its patients: the caller has them already, and drops any that come again)."""
+    if not query.exclude_codes or query.codes is not None:
+        return ()
+    if not (rules.not_modifier and rules.honours("code")):
+        return ()
+    return tuple(sorted({code_token(c) for c in query.exclude_codes}))
 
 
 def unreached(query: Query, profile: ServerProfile, *, per_patient: bool) -> list[str]:
@@ -293,7 +316,10 @@ def plan(query: Query, *, batch_size: int, profile: ServerProfile = GENERIC) -> 
         batches = [tuple(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
     out: list[Search] = []
     for batch in batches:
-        out += [search_for(rules, kind, param, batch, *group) for group in chosen.groups(rules)]
+        out += [
+            search_for(rules, kind, param, batch, *group, chosen.excluded)
+            for group in chosen.groups(rules)
+        ]
     return out
 
 
