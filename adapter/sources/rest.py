@@ -32,13 +32,14 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapter.errors import FhirError, HttpStatusError, InvalidResponseError, UsageError
 from adapter.fhir.paging import SearchStats, bundle_total, iter_pages
 from adapter.servers import GENERIC, READ_MODES
 from adapter.sources.base import ReadNotes, count_foreign, is_foreign
 from adapter.sources.ordered import ordered_map
+from adapter.sources.pages import first_time, has_next, make_references_relative
 from adapter.sources.per_patient import (
     SWITCH_MESSAGE,
     PatientPlan,
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
     from adapter.fhir.capability import ServerCapabilities
     from adapter.fhir.client import FhirClient, JsonObject
     from adapter.fhir.paging import ResourceKey
-    from adapter.fhir.urls import ServerBase
     from adapter.servers import ReadMode, ServerProfile
     from adapter.sources.base import Query, Resource, UnreadableItem
 
@@ -189,7 +189,7 @@ class RestSource:
             raise UsageError("--cohort group: the Group id is not a valid FHIR id")
         found = await read_or_none(self.client, "Group", group_id)
         if found is not None:
-            _make_references_relative(found, self.client.base)
+            make_references_relative(found, self.client.base)
         return found
 
     async def patients_by_identifier(
@@ -281,7 +281,7 @@ class RestSource:
                     refused = True
                     break  # closing the window cancels the later batches
                 for resource in found:
-                    if _first_time(resource, seen) and self._accept(resource, kind):
+                    if first_time(resource, seen) and self._accept(resource, kind):
                         yield resource
                 done += 1
         if refused:
@@ -345,14 +345,14 @@ class RestSource:
         async with aclosing(ordered_map(one, items, limit=self.concurrency)) as results:
             async for found in results:
                 for resource in found:
-                    if _first_time(resource, seen) and self._accept(resource, kind):
+                    if first_time(resource, seen) and self._accept(resource, kind):
                         yield resource
 
     def _accept(self, resource: Resource, kind: str) -> bool:
         """Whether to yield a search's resource; references to the base are made relative."""
         if resource.get("resourceType") != kind:
             return False  # _include'd resources and search.mode=outcome OperationOutcomes
-        _make_references_relative(resource, self.client.base)
+        make_references_relative(resource, self.client.base)
         if is_foreign(resource):
             # Still absolute: another server's patient, never a local one (issue 10).
             count_foreign(self.foreign, self._foreign_seen, resource)
@@ -388,7 +388,7 @@ class RestSource:
         page, url = await self._open(search)
         if cap is not None and self.count_first and not search.post_filtered:
             total = bundle_total(page)
-            if total is None and _has_next(page):
+            if total is None and has_next(page):
                 total = await self._count(search)
             if total is not None and total >= cap:
                 why = f"matches {total:,} resources, at or over the result cap of {cap:,}"
@@ -469,37 +469,3 @@ class RestSource:
             return await self.client.get_json(url), url
         page = await self.client.post_form_search(resource_type, params)
         return page, self.client.url(f"{resource_type}/_search")
-
-
-def _first_time(resource: Resource, seen: set[ResourceKey]) -> bool:
-    """Whether the resource's (type, id) is new to `seen` (then added); True without an id."""
-    kind, rid = resource.get("resourceType"), resource.get("id")
-    if not (isinstance(kind, str) and isinstance(rid, str) and rid):
-        return True
-    if (kind, rid) in seen:
-        return False
-    seen.add((kind, rid))
-    return True
-
-
-def _has_next(page: JsonObject) -> bool:
-    links = page.get("link")
-    return isinstance(links, list) and any(
-        isinstance(link, dict) and link.get("relation") == "next" for link in links
-    )
-
-
-def _make_references_relative(node: Any, base: ServerBase) -> None:
-    """Rewrite absolute references below `base` (`http://x/fhir/Patient/1`) as `Patient/1`."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and "://" in ref:
-            relative = base.relative(ref)
-            if relative:
-                node["reference"] = relative
-        for value in node.values():
-            if isinstance(value, dict | list):
-                _make_references_relative(value, base)
-    elif isinstance(node, list):
-        for item in node:
-            _make_references_relative(item, base)
