@@ -26,7 +26,14 @@ not an object, and a JSON file that does not parse, is skipped and recorded once
 (`adapter.sources.unreadable`); the sweep decides what that means for the run. A line the
 patient pre-check drops unparsed (`adapter.sources.prechecks`: it names other patients only) is
 not recorded, as it cannot be a wanted patient's; every line is parsed when the query names no
-patients, as the cohort's Condition search does.
+patients, as the cohort's Condition search does. Nor is a line of a wanted patient that holds
+none of `Query.line_codes` (counted in `code_skipped`).
+
+Speed (issue 15): a query naming patients over enough NDJSON bytes is scanned by worker processes
+(`adapter.sources.workers`, `adapter.sources.scan`), plain files in byte ranges; they drop the lines
+the pre-checks rule out and hand back the rest, which are parsed here in file and line order by the
+same code as in one process (`adapter.sources.ndjson`), so resources, counters and unreadable items
+do not depend on how the files were read.
 
 Cohorts without a Condition search (issue 13, `adapter.cohorts`): `group` reads the Group with
 the id from the `Group*.ndjson` files and the JSON files (Bundle references made relative as for
@@ -39,14 +46,11 @@ wanted identifier value.
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import os
-import re
-import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,21 +64,26 @@ from adapter.sources.base import (
     is_foreign,
     patient_id_of,
 )
-from adapter.sources.prechecks import Precheck, carries, identifier_precheck, may_belong, prefilter
-from adapter.sources.unreadable import parse_line, patient_named_by, record, unreadable_reason
+from adapter.sources.ndjson import LINES_PER_TURN, NdjsonReading, lines, shown, why
+from adapter.sources.prechecks import (
+    Precheck,
+    carries,
+    code_needles,
+    identifier_precheck,
+    prefilter,
+)
+from adapter.sources.scan import BOM, Plan, split
+from adapter.sources.unreadable import parse_line, record, unreadable_reason
+from adapter.sources.workers import Prefetch, ScanPool, default_workers
 
-if TYPE_CHECKING:
-    from pathlib import Path
+#: `FolderSource(pool_bytes=...)`: below this many bytes of a type's NDJSON files, a query is read
+#: in one process (starting workers costs about a fifth of a second)
+POOL_BYTES = 48 << 20
+#: `FolderSource(part_bytes=...)`: plain files larger than this are scanned in parts of about this
+#: size, so that one big `Observation.ndjson` keeps every worker busy
+PART_BYTES = 64 << 20
 
-# Lines read between two turns given to the event loop: parsing is CPU-bound and runs in the
-# loop's thread, so a 90k-line file would otherwise hold it for a second.
-_LINES_PER_TURN = 1000
-# gzip's own 8 KiB reads make line iteration about a third slower than 1 MiB ones.
-_BUFFER = 1 << 20
-_BOM = b"\xef\xbb\xbf"
-
-# Resources, and None where the event loop gets a turn. One at a time, not in lists: a list of
-# a thousand parsed resources outlives the young GC generation and made reading 2.5 times slower.
+# Resources, and None where the event loop gets a turn.
 _Stream = Generator[Resource | None, None, None]
 
 
@@ -84,17 +93,31 @@ class _File(NamedTuple):
     ndjson_type: str | None
 
 
-class FolderSource:
+class FolderSource(NdjsonReading):
     """NDJSON and JSON files at the top of one folder (see the module docstring).
 
     `yielded` counts resources handed out per type; `skipped` counts lines and Bundle entries left
     out, per file and reason; `other_patients` counts, per type, the NDJSON lines left out because
     they belong to patients the query did not ask for; `foreign`, per type, the resources left out
     because their subject is another server's patient (once each); `unreadable`, the lines and
-    JSON files skipped as unparseable (once each). All add up over every `fetch`.
+    JSON files skipped as unparseable (once each); `code_skipped`, per type, the lines of wanted
+    patients left out unparsed as holding none of `Query.line_codes`. All add up over every
+    `fetch`.
+
+    `workers` (None: one per core, up to 4; 1: never) processes scan the NDJSON files of a query
+    that names patients when they hold at least `pool_bytes`, plain files in parts of
+    `part_bytes` (`adapter.sources.workers`); `aclose` ends them.
     """
 
-    def __init__(self, path: Path, *, exported: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        exported: frozenset[str] = frozenset(),
+        workers: int | None = None,
+        pool_bytes: int = POOL_BYTES,
+        part_bytes: int = PART_BYTES,
+    ) -> None:
         self.path = path
         #: the types a Bulk export of this folder asked for (issue 14): a server writes no file
         #: for a type it had nothing of, so a missing file of one of them is none, not a gap
@@ -102,6 +125,7 @@ class FolderSource:
         self.yielded: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.other_patients: Counter[str] = Counter()
+        self.code_skipped: Counter[str] = Counter()
         self.foreign: Counter[str] = Counter()
         self._foreign_seen: set[tuple[str, str]] = set()
         self.unreadable: list[UnreadableItem] = []
@@ -109,6 +133,9 @@ class FolderSource:
         self._files = _list_files(path)
         self._running: set[_Stream] = set()
         self.reads = ReadNotes(mode="files")
+        self._pool = ScanPool(default_workers(workers))
+        self._pool_bytes = pool_bytes
+        self._part_bytes = part_bytes
 
     async def fetch(self, query: Query) -> AsyncIterator[Resource]:
         """Every resource of `query.resource_type` for `query.patients`, files in name order."""
@@ -140,18 +167,18 @@ class FolderSource:
                 found += [r for r in resources if r.get("id") == group_id]
                 await asyncio.sleep(0)
             elif file.ndjson_type == "Group":
-                for number, line in enumerate(_lines(file.path), 1):
-                    if number % _LINES_PER_TURN == 0:
+                for number, line in enumerate(lines(file.path), 1):
+                    if number % LINES_PER_TURN == 0:
                         await asyncio.sleep(0)
-                    if number == 1 and line.startswith(_BOM):
-                        line = line[len(_BOM) :]
+                    if number == 1 and line.startswith(BOM):
+                        line = line[len(BOM) :]
                     if line.isspace() or not line:
                         continue
                     resource = parse_line(line)
                     if isinstance(resource, str):
                         # It may be this Group, or hold a member: nobody's data is sure whole.
                         unreadable += 1
-                        item = UnreadableItem(_shown(file.path), number, resource, None)
+                        item = UnreadableItem(shown(file.path), number, resource, None)
                         record(self.unreadable, self._unreadable_seen, item)
                     elif resource.get("resourceType") != "Group":
                         self.skipped[f"{file.path.name}: resourceType is not Group"] += 1
@@ -198,10 +225,11 @@ class FolderSource:
             self._running.discard(stream)
 
     async def aclose(self) -> None:
-        """End unfinished fetches, closing their files."""
+        """End unfinished fetches, closing their files, and the worker processes."""
         for stream in list(self._running):
             stream.close()
         self._running.clear()
+        self._pool.shutdown()
 
     def _stream(self, query: Query, precheck: Precheck | None = None) -> _Stream:
         kind = query.resource_type
@@ -213,86 +241,50 @@ class FolderSource:
             )
         # Resources of the type the files hold, whoever's they are: none means the type is absent.
         present = 0
-        for file in self._files:
-            if file.ndjson_type is None:
-                resources, of_type = self._read_json(file.path, query)
-                present += of_type
-                yield from resources
-                yield None
-            elif file.ndjson_type == kind:
-                present += yield from self._read_ndjson(file.path, query, precheck)
+        prefetch = None if precheck is not None else self._prefetch(query)
+        try:
+            for file in self._files:
+                if file.ndjson_type is None:
+                    resources, of_type = self._read_json(file.path, query)
+                    present += of_type
+                    yield from resources
+                    yield None
+                elif file.ndjson_type != kind:
+                    continue
+                elif prefetch is None:
+                    present += yield from self.read_ndjson(file.path, query, precheck)
+                else:
+                    parts = prefetch.parts_of(str(file.path))
+                    present += yield from self.read_scanned(file.path, query, parts)
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
         if not present and kind not in self.exported:
             where = f"no {kind}.ndjson file"
             if any(f.ndjson_type is None for f in self._files):
                 where += " and none in the JSON files"
             raise IncompleteInputError(f"{self.path}: no {kind} resources ({where})")
 
-    def _read_ndjson(
-        self, path: Path, query: Query, precheck: Precheck | None = None
-    ) -> Generator[Resource | None, None, int]:
-        """The file's resources; returns how many lines of the type it holds (0: fails).
-
-        A line `precheck` says cannot be wanted is skipped unparsed, as `may_belong` does.
-        """
-        resource_type = query.resource_type
-        wanted = query.patients
-        wanted_bytes = prefilter(query)
-        present = unreadable = 0
-        # Lines dropped unparsed as other patients': added to `other_patients` at the end (also
-        # when the caller stops early), as a Counter costs more per line than the check itself.
-        dropped = 0
-        shown: str | None = None
-        # Lines are pre-checked only once one has been parsed as the type: a file holding only
-        # other types (or nothing wanted) must still fail as empty, not pass unread.
-        confirmed = False
+    def _prefetch(self, query: Query) -> Prefetch | None:
+        """The query's NDJSON files in parts for the workers, when they pay; else None."""
+        if self._pool.workers < 2 or query.patients is None:
+            return None
+        paths = [str(f.path) for f in self._files if f.ndjson_type == query.resource_type]
         try:
-            for number, line in enumerate(_lines(path), 1):
-                if number % _LINES_PER_TURN == 0:
-                    yield None
-                if number == 1 and line.startswith(_BOM):
-                    line = line[len(_BOM) :]
-                if not line or line.isspace():
-                    continue
-                if confirmed:
-                    if wanted_bytes is not None and not may_belong(line, wanted_bytes):
-                        dropped += 1
-                        continue
-                    if precheck is not None and not precheck(line):
-                        present += 1
-                        continue
-                resource = parse_line(line)
-                if isinstance(resource, str):
-                    unreadable += 1
-                    shown = shown or _shown(path)
-                    # A Patient line names other patients only (`link`): its own id may be the
-                    # corrupt part, so nobody's data can be ruled out.
-                    owner = None if resource_type == "Patient" else patient_named_by(line)
-                    item = UnreadableItem(shown, number, resource, owner)
-                    record(self.unreadable, self._unreadable_seen, item)
-                    continue
-                if resource.get("resourceType") != resource_type:
-                    self.skipped[f"{path.name}: resourceType is not {resource_type}"] += 1
-                    continue
-                present += 1
-                confirmed = True
-                if is_foreign(resource):
-                    count_foreign(self.foreign, self._foreign_seen, resource)
-                elif wanted is None or patient_id_of(resource) in wanted:
-                    yield resource
-                else:
-                    self.other_patients[resource_type] += 1
-        finally:
-            if dropped:
-                self.other_patients[resource_type] += dropped
-        present += dropped
-        if not present:
-            # A truncated copy or an export cut short: not a type with nothing to say. Nor is a
-            # file with no readable line of the type: a wrong or wholly damaged file.
-            what = f"{unreadable} unreadable lines" if unreadable else "empty"
-            raise IncompleteInputError(
-                f"{_shown(path)}: {what}, no readable {resource_type} resources in the file"
-            )
-        return present
+            sizes = [os.path.getsize(path) for path in paths]
+            if not paths or sum(sizes) < self._pool_bytes:
+                return None
+            parts = [
+                part
+                for path, size in zip(paths, sizes, strict=True)
+                for part in split(path, size, self._part_bytes)
+            ]
+        except OSError:
+            return None  # read in one process, which says what is wrong
+        plan = Plan(query.resource_type, prefilter(query), code_needles(query.line_codes))
+        return Prefetch(
+            self._pool, plan, parts, self._pool.workers + 1, lambda path: shown(Path(path))
+        )
 
     def _read_json(self, path: Path, query: Query) -> tuple[list[Resource], int]:
         """The file's resources for the query, and how many of the type it holds."""
@@ -358,7 +350,7 @@ def _list_files(folder: Path) -> tuple[_File, ...]:
         with os.scandir(folder) as scan:
             names = sorted(entry.name for entry in scan if entry.is_file())
     except OSError as exc:
-        raise SourcePathError(f"{folder}: cannot read the folder ({_why(exc)})") from exc
+        raise SourcePathError(f"{folder}: cannot read the folder ({why(exc)})") from exc
     files: list[_File] = []
     for name in names:
         if name.startswith("."):
@@ -371,40 +363,20 @@ def _list_files(folder: Path) -> tuple[_File, ...]:
     return tuple(files)
 
 
-def _open(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        # GzipFile offers readinto(), all BufferedReader needs of its raw stream.
-        return io.BufferedReader(cast("io.RawIOBase", gzip.open(path, "rb")), _BUFFER)
-    return open(path, "rb", buffering=_BUFFER)
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    """The file's lines, never all in memory; read errors become IncompleteInputError."""
-    try:
-        with _open(path) as stream:
-            yield from stream
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise IncompleteInputError(
-            f"{_shown(path)}: not gzip, or corrupt or truncated gzip data"
-        ) from exc
-    except OSError as exc:
-        raise IncompleteInputError(f"{_shown(path)}: cannot read ({_why(exc)})") from exc
-
-
 def _parse_document(path: Path) -> Any:
     """The file's JSON value, or an UnreadableItem naming nobody: a Bundle holds many patients'
     resources, and the bytes of a broken one say nothing sure about any of them."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise IncompleteInputError(f"{_shown(path)}: cannot read ({_why(exc)})") from exc
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
+        raise IncompleteInputError(f"{shown(path)}: cannot read ({why(exc)})") from exc
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         # The exception is dropped: its `doc` holds the whole file, patient data included.
-        return UnreadableItem(_shown(path), exc.lineno, unreadable_reason(exc), None)
+        return UnreadableItem(shown(path), exc.lineno, unreadable_reason(exc), None)
 
 
 def _id_from_full_url(full_url: str) -> str:
@@ -427,25 +399,3 @@ def _rewrite_references(node: Any, targets: Mapping[str, str]) -> None:
     elif isinstance(node, list):
         for item in node:
             _rewrite_references(item, targets)
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
-#: Bulk Data file names (`Observation.ndjson`, `Observation.000.ndjson.gz`, `Patient_1.json`)
-_TYPE_NAMED = re.compile(r"[A-Z][A-Za-z]{0,63}([._-]\d+)*\.(ndjson|json)(\.gz)?")
-
-
-def _shown(path: Path) -> str:
-    """A file as messages show it. Files named after their resource type are shown whole; other
-    names may name a patient (Synthea writes `Given_Family_<uuid>.json`), so such a file is
-    shown by its folder and its place in name order (`ls | sed -n Np` finds it)."""
-    if _TYPE_NAMED.fullmatch(path.name):
-        return str(path)
-    try:
-        names = sorted(p.name for p in path.parent.iterdir())
-        place = f"file {names.index(path.name) + 1} of {len(names)} in name order"
-    except (OSError, ValueError):
-        place = "a file"
-    return f"{path.parent}/({place}; its name is not shown: it may name a patient)"

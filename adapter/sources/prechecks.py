@@ -2,6 +2,12 @@
 
 Each answers False only when the line surely cannot be wanted; every line let through is parsed
 and checked again, so a test may let through more than it must, never less.
+
+Every line of a file goes through these, so they are written for the interpreter's costs (issue
+15): each bytes method call costs about as much as scanning the line once, so the common line
+(`{...}` and a newline, no backslash, one `"Patient/<id>"`) takes a handful of calls, regular
+expressions run only on rare shapes, and `bytes.find` stands for `in` (which tries the needle as
+an int first, and fails).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ _QUOTE = ord('"')
 _BRACE = ord("{")
 _CLOSE = ord("}")
 _NEWLINE = ord("\n")
-# The FHIR R4 `id` datatype; the bytes pre-check below is exact only for ids of this form.
+# The FHIR R4 `id` datatype; the bytes pre-checks below are exact only for ids of this form.
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# An absolute reference: a `reference` whose value starts with an RFC 3986 scheme (`urn:`).
 _ABSOLUTE_REFERENCE = re.compile(rb'"reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
 #: past this many identifier values, one `in` search per value per line costs more than parsing
 VALUES_PRECHECKED = 32
@@ -28,12 +35,45 @@ Precheck = Callable[[bytes], bool]
 
 
 def prefilter(query: Query) -> frozenset[bytes] | None:
-    """The wanted Patient ids as bytes, when a line can be dropped before it is parsed."""
-    if query.patients is None or query.resource_type == "Patient":
+    """The wanted Patient ids as bytes, when a line can be dropped before it is parsed.
+
+    For a Patient query they are the ids `may_be_wanted_patient` looks for, for any other type
+    the ids `may_belong` looks for in references.
+    """
+    if query.patients is None:
         return None
     if not all(_FHIR_ID.fullmatch(pid) for pid in query.patients):
         return None
     return frozenset(pid.encode() for pid in query.patients)
+
+
+def code_needles(codes: frozenset[str] | None) -> tuple[bytes, ...] | None:
+    """Each code as `may_hold_code` looks for it: in quotes, JSON-escaped as orjson writes it.
+
+    None (no code test) when there are no codes to test, or one has no UTF-8 spelling.
+    """
+    if codes is None:
+        return None
+    try:
+        return tuple(sorted({orjson.dumps(code) for code in codes}))
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return None
+
+
+def whole_and_plain(line: bytes) -> bool:
+    """Whether the line is shaped as one whole object and spells every string in its own bytes.
+
+    Not so (False): a truncated line, which only a parse records as unreadable, or one with a
+    `\\/` or `\\u` escape, which may spell a reference or a code in other bytes.
+    """
+    if not line or line[0] != _BRACE:
+        return False
+    if not (line[-1] == _NEWLINE and len(line) > 1 and line[-2] == _CLOSE) and not (
+        line.rstrip().endswith(b"}")
+    ):
+        return False
+    # memchr first: most lines hold no backslash, and the two-byte searches cost more.
+    return line.find(b"\\") == -1 or (line.find(b"\\/") == -1 and line.find(b"\\u") == -1)
 
 
 def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
@@ -47,11 +87,6 @@ def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     naming no Patient at all: its subject may be a wanted patient's reference garbled by the same
     damage that makes the line unreadable (a byte of `Patient/` changed), which only a parse
     records. Parsing confirms every line let through.
-
-    Every line of a file goes through here, so it is written for the interpreter's costs (issue
-    15): each bytes method call costs about as much as scanning the line once, so the common
-    line (`{...}` and a newline, no backslash, one `"Patient/<id>"`) takes a handful of calls,
-    and `bytes.find` stands for `in` (which tries the needle as an int first, and fails).
     """
     if not line or line[0] != _BRACE:
         return True
@@ -59,7 +94,6 @@ def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
         line.rstrip().endswith(b"}")
     ):
         return True
-    # memchr first: most lines hold no backslash, and the two-byte searches cost more.
     if line.find(b"\\") != -1 and (line.find(b"\\/") != -1 or line.find(b"\\u") != -1):
         return True
     start = line.find(b"Patient/")
@@ -77,6 +111,51 @@ def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
     # beside it, which may be the subject: parsed, so that it is counted too.
     return _ABSOLUTE_REFERENCE.search(line) is not None
+
+
+def has_absolute_reference(line: bytes) -> bool:
+    """Whether a `reference` of the line has an absolute value (`urn:uuid:1`, `http://x/P/1`).
+
+    One regular expression search: measured on generated Observation lines (issue 15), it costs
+    less than finding each `"reference"` and looking at its value with bytes methods.
+    """
+    return _ABSOLUTE_REFERENCE.search(line) is not None
+
+
+def may_be_wanted_patient(line: bytes, wanted: frozenset[bytes]) -> bool:
+    """False only when a Patient line surely is none of the wanted Patients: then it need not be
+    parsed.
+
+    A wanted Patient's line holds its id as `"id":"<id>"` (the resource's own id; other `id`
+    keys, of extensions or contained resources, are looked at too). A line with any `"id"` not
+    written so (spaces, `"id"` as a value), with a `\\/` or `\\u` escape, not shaped like one
+    whole object, or without any `"id":"` (its id may be what the damage hit) is parsed.
+    """
+    if not whole_and_plain(line):
+        return True
+    at = line.find(b'"id"')
+    if at == -1:
+        return True
+    while at != -1:
+        if line[at + 4 : at + 6] != b':"':
+            return True
+        value = at + 6
+        end = line.find(b'"', value)
+        if line[value:end] in wanted:
+            return True
+        at = line.find(b'"id"', value if end == -1 else end)
+    return False
+
+
+def may_hold_code(line: bytes, needles: tuple[bytes, ...]) -> bool:
+    """False only when the line surely holds none of the codes (`code_needles`) as a string.
+
+    A string equal to one of them appears in a whole, plain line (`whole_and_plain`) as its
+    needle; any other line is parsed.
+    """
+    if not whole_and_plain(line):
+        return True
+    return any(line.find(needle) != -1 for needle in needles)
 
 
 def identifier_precheck(pairs: frozenset[tuple[str, str]]) -> Precheck | None:

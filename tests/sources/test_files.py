@@ -628,6 +628,27 @@ def test_patients_match_by_their_own_id(tmp_path: Path, name: str) -> None:
     assert ids(collect(FolderSource(tmp_path), "Patient", {"p1", "p3"})) == ["p1", "p3"]
 
 
+def test_other_patients_lines_are_dropped_unparsed_and_doubtful_ones_parsed(
+    tmp_path: Path,
+) -> None:
+    """A Patient line whose `"id":"..."` names nobody wanted is not parsed (a damaged one is not
+    recorded); one written otherwise (spaces, escapes, cut short) is, and recorded if damaged."""
+    lines = [
+        orjson.dumps({"resourceType": "Patient", "id": "p0"}),
+        orjson.dumps({"resourceType": "Patient", "id": "p1"}),
+        b'{"resourceType":"Patient","id":"p2","x":tru}',
+        b'{"resourceType":"Patient","id":"p3","x":tru}',
+        b'{"resourceType":"Patient", "id" : "p3"}',
+        b'{"resourceType":"Patient","id":"p\\u0033"}',
+        b'{"resourceType":"Patient","id":"p3"',
+    ]
+    (tmp_path / "Patient.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    source = FolderSource(tmp_path)
+    assert ids(collect(source, "Patient", {"p1", "p3"})) == ["p1", "p3", "p3"]
+    assert [i.line for i in source.unreadable] == [4, 7]
+    assert source.other_patients == {"Patient": 2}
+
+
 def test_codes_are_not_filtered_here(tmp_path: Path) -> None:
     """The sweep re-checks codes on the client, so a folder returns every code."""
     write_ndjson(tmp_path / "Observation.ndjson", obs("o1"), obs("o2"))
