@@ -259,11 +259,11 @@ async def _sweep_run(
         meta = run_metadata(args.run_id, source=args.source, started=started, finished=finished)
         doc = meta | with_changes(doc, changes)
         write_reports(out_dir, doc)
-        write_report_html(out_dir, render_report(doc, **layout))
+        write_report_html(out_dir, report_pieces(doc, **layout))
         run.doc = doc
 
     # Jinja2 only once a sweep has verdicts: `--version`, `runs` and bad arguments start faster.
-    from adapter.report.html import layout_of, render_report, write_report_html
+    from adapter.report.html import layout_of, report_pieces, write_report_html
 
     layout = layout_of(trial)
     # The results first, so a sink that fails cannot take them with it; rewritten after.

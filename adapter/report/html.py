@@ -14,7 +14,7 @@ patients, and a log must not.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -383,7 +383,19 @@ def render_report(
     automated: Sequence[str] | None = None,
     labs: Collection[str] = (),
 ) -> str:
-    """report.html of a results.json document.
+    """report.html of a results.json document, whole (see `report_pieces`)."""
+    return "".join(report_pieces(doc, manual=manual, automated=automated, labs=labs))
+
+
+def report_pieces(
+    doc: dict[str, Any],
+    *,
+    manual: Sequence[tuple[str, str]] = (),
+    automated: Sequence[str] | None = None,
+    labs: Collection[str] = (),
+) -> Iterator[str]:
+    """report.html of a results.json document, in the pieces the template renders: written as
+    they come, the page of a large sweep (18 MiB for 1,758 hcc patients) is never one string.
 
     `manual`: the trial's manual criteria (id, description), a checklist on every listed
     patient. `automated`: criterion ids in the trial's order (default: the first patient's,
@@ -416,7 +428,7 @@ def render_report(
     gone = [_gone_view(e, by_ref) for e in doc.get("no_longer_qualifies") or []]
     bars = attrition(doc, automated)
     stats = doc.get("stats") or {}
-    return _ENV.get_template("report.html.j2").render(
+    return _ENV.get_template("report.html.j2").generate(
         trial=_text(doc.get("trial")),
         as_of=_text(doc.get("as_of")),
         source=_text(doc.get("source")),
@@ -477,10 +489,13 @@ def _reads_line(reads: object) -> str:
     return line
 
 
-def write_report_html(out_dir: Path, html: str) -> None:
-    """`out_dir/report.html`, owner-only and replaced atomically; OutputError if it cannot be."""
+def write_report_html(out_dir: Path, html: str | Iterable[str]) -> None:
+    """`out_dir/report.html`, owner-only and replaced atomically; OutputError if it cannot be.
+
+    `html` may come in pieces (`report_pieces`), written as they come."""
+    data = html.encode() if isinstance(html, str) else (piece.encode() for piece in html)
     try:
-        write_private(out_dir / "report.html", html.encode())
+        write_private(out_dir / "report.html", data)
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise OutputError(f"{out_dir}: report.html could not be written ({why})") from exc

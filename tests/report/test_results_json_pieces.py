@@ -41,3 +41,19 @@ def test_written_in_pieces_the_file_is_whole_and_owner_only(tmp_path: Any) -> No
     write_private(tmp_path / "results.json", json_pieces(doc))
     assert (tmp_path / "results.json").read_bytes() == _whole(doc)
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_report_html_written_in_pieces_is_the_page_rendered_whole(tmp_path: Any) -> None:
+    from adapter.report.html import render_report, report_pieces, write_report_html
+
+    doc = {
+        "trial": "t",
+        "as_of": "2026-06-15",
+        "patients": [
+            {"patient": "Patient/1", "status": "candidate", "criteria": {}},
+            {"patient": "Patient/2", "status": "ineligible", "criteria": {}},
+        ],
+    }
+    write_report_html(tmp_path, report_pieces(doc))
+    assert (tmp_path / "report.html").read_text() == render_report(doc)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o600
