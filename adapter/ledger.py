@@ -42,6 +42,7 @@ from adapter import __version__
 from adapter.criteria.results import PatientVerdict, Result, Status
 from adapter.errors import OutputError, StateDirError, redact_url
 from adapter.state import open_sqlite, prepare_state_dir
+from adapter.verdicts import Verdicts
 
 LEDGER_FILE = "ledger.sqlite3"
 #: seconds a write waits for another process's write to end before it fails
@@ -199,6 +200,11 @@ def current_states(
     verdicts: Iterable[PatientVerdict], people_status: Mapping[str, str]
 ) -> dict[str, PatientState]:
     """The ledger's view of a sweep's verdicts (`SweepResult.verdicts`, `.people_status`)."""
+    if isinstance(verdicts, Verdicts):  # read without their evidence
+        return {
+            patient: PatientState(status, results, people_status.get(patient))
+            for patient, status, results in verdicts.results()
+        }
     return {
         v.patient: PatientState(
             v.status, {cid: r.result for cid, r in v.criteria.items()}, people_status.get(v.patient)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -12,6 +13,7 @@ from adapter.facts.identity import Identity
 from adapter.facts.model import LabValue
 from adapter.sources.base import ReadNotes, UnreadableItem
 from adapter.trials import Trial
+from adapter.verdicts import Verdicts
 
 NOT_FOUND = "the Patient resource was not found in the source"
 
@@ -28,7 +30,8 @@ class PatientFailure:
 class SweepResult:
     trial: Trial
     as_of: date
-    verdicts: list[PatientVerdict] = field(default_factory=list)
+    #: on disk, in the order evaluated (issue 15); a list given here is copied in
+    verdicts: Verdicts = field(default_factory=Verdicts)
     errors: list[PatientFailure] = field(default_factory=list)
     #: resources read per type, and Observations used / skipped / unusable (with reasons)
     stats: Counter[str] = field(default_factory=Counter)
@@ -59,6 +62,11 @@ class SweepResult:
     bulk: dict[str, object] | None = None
     #: the export's error files say some data may be missing: nothing may be written
     export_blocking: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verdicts, Verdicts):
+            given: Iterable[PatientVerdict] = self.verdicts
+            self.verdicts = Verdicts(given)
 
     @property
     def withhold_writes(self) -> bool:

@@ -20,6 +20,7 @@ import orjson
 from adapter import __version__
 from adapter.errors import ExitCode
 from adapter.ledger import LEDGER_FILE, Changes, Ledger, RunRecord, source_label, stamp
+from adapter.report.entries import Entries
 
 #: the version of results.json's layout; 1 is the first that states it (with `run_id`)
 RESULTS_SCHEMA_VERSION = 1
@@ -168,5 +169,13 @@ def changes_json(changes: Changes) -> dict[str, Any]:
 
 def with_changes(doc: Mapping[str, Any], changes: Changes) -> dict[str, Any]:
     """A copy of a results.json document with `new` on every patient and `changes_json`'s keys."""
-    patients = [{**p, "new": p["patient"] in changes.new} for p in doc["patients"]]
+
+    def with_new(p: dict[str, Any]) -> dict[str, Any]:
+        return {**p, "new": p["patient"] in changes.new}
+
+    listed = doc["patients"]
+    if isinstance(listed, Entries):  # made as they are read (issue 15)
+        patients: Entries | list[dict[str, Any]] = listed.map(with_new)
+    else:
+        patients = [with_new(p) for p in listed]
     return {**doc, "patients": patients, **changes_json(changes)}

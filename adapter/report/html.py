@@ -85,18 +85,27 @@ def attrition(doc: Mapping[str, Any], automated: Sequence[str]) -> list[Bar]:
     an unknown keeps the patient in. The unknowns are counted over the whole cohort, whatever
     came before, since they show which data is missing most.
     """
-    patients = list(doc.get("patients") or [])
-    bars = [Bar("cohort", len(patients))]
-    out: set[int] = set()
-    for cid in automated:
-        unknown = 0
-        for i, p in enumerate(patients):
-            result = (p.get("criteria") or {}).get(cid, {}).get("result")
-            if result == "not_met":
-                out.add(i)
+    # One pass over the patients (they may be made as they are read: issue 15), counting for
+    # each criterion the patients it is the first not_met of, and those it is unknown for.
+    cohort = 0
+    first_out = dict.fromkeys(automated, 0)
+    unknown = dict.fromkeys(automated, 0)
+    for p in doc.get("patients") or []:
+        cohort += 1
+        criteria = p.get("criteria") or {}
+        out = False
+        for cid in automated:
+            result = criteria.get(cid, {}).get("result")
+            if result == "not_met" and not out:
+                first_out[cid] += 1
+                out = True
             elif result == "unknown":
-                unknown += 1
-        bars.append(Bar(cid, len(patients) - len(out), unknown))
+                unknown[cid] += 1
+    bars = [Bar("cohort", cohort)]
+    remaining = cohort
+    for cid in automated:
+        remaining -= first_out[cid]
+        bars.append(Bar(cid, remaining, unknown[cid]))
     return bars
 
 
@@ -352,6 +361,34 @@ def _table_order(view: Mapping[str, Any]) -> tuple[int, int, str, str]:
     return (status, 0 if view["new"] else 1, view["name"], view["ref"])
 
 
+def _order_fields(p: Mapping[str, Any]) -> dict[str, Any]:
+    """What `_table_order` reads of a view, read from the results.json entry."""
+    identity = p.get("identity") or {}
+    return {
+        "status": _text(p.get("status")),
+        "new": p.get("new"),
+        "name": _text(identity.get("name")),
+        "ref": _text(p.get("patient")),
+    }
+
+
+class _Listed:
+    """The listed patients' views in table order, each made when the page reaches it (the page
+    goes through them twice: the table, then each patient's section)."""
+
+    def __init__(self, patients: Sequence[dict[str, Any]], order: list[int], layout: _Layout):
+        self._patients = patients
+        self._order = order
+        self._layout = layout
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in self._order:
+            yield _patient_view(self._patients[i], f"p{i + 1}", self._layout)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
 def _gone_view(entry: Mapping[str, Any], views: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """A patient who no longer qualifies, with the changed criteria as this run found them."""
     now = views.get(entry.get("patient") or "")
@@ -408,22 +445,27 @@ def report_pieces(
         automated = _default_automated(doc, {m for m, _ in manual})
     as_of = _earliest_day(doc.get("as_of")) if isinstance(doc.get("as_of"), str) else None
     layout = _Layout(manual, tuple(automated), frozenset(labs), as_of)
-    patients: list[dict[str, Any]] = doc.get("patients") or []
+    patients: Sequence[dict[str, Any]] = doc.get("patients") or []
     gone_refs = {_text(e.get("patient")) for e in doc.get("no_longer_qualifies") or []}
-    # Views of the patients the page shows only: at 100,000 patients, one for each of the
-    # ineligible ones took more memory than the rest of the report (issue 15).
-    views = [
-        _patient_view(p, f"p{i + 1}", layout)
-        for i, p in enumerate(patients)
-        if p.get("people_status")
-        or _text(p.get("status")) in FLAGGED
-        or _text(p.get("patient")) in gone_refs
-    ]
-    by_ref = {v["ref"]: v for v in views}
-    listed = sorted(
-        (v for v in views if v["status"] in FLAGGED and not v["people_status"]), key=_table_order
-    )
-    handled = sorted((v for v in views if v["people_status"]), key=lambda v: (v["name"], v["ref"]))
+    # Views of the patients the page shows only, and of the listed ones only while the page is
+    # written: at 100,000 patients, views of the whole cohort took more memory than the rest of
+    # the report, and those of the 990 listed hcc patients 40 MiB (issue 15).
+    order: list[tuple[tuple[int, int, str, str], int]] = []
+    handled: list[dict[str, Any]] = []
+    by_ref: dict[str, dict[str, Any]] = {}
+    for i, p in enumerate(patients):
+        ref, shown = _text(p.get("patient")), p.get("people_status")
+        if shown:
+            view = _patient_view(p, f"p{i + 1}", layout)
+            handled.append(view)
+            by_ref[ref] = view
+        else:
+            if _text(p.get("status")) in FLAGGED:
+                order.append((_table_order(_order_fields(p)), i))
+            if ref in gone_refs:
+                by_ref[ref] = _patient_view(p, f"p{i + 1}", layout)
+    handled.sort(key=lambda v: (v["name"], v["ref"]))
+    listed = _Listed(patients, [i for _, i in sorted(order)], layout)
 
     gone = [_gone_view(e, by_ref) for e in doc.get("no_longer_qualifies") or []]
     bars = attrition(doc, automated)

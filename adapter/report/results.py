@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapter.criteria.results import CriterionResult, Evidence, PatientVerdict, Result, Status
+from adapter.criteria.results import PatientVerdict, Result, Status
 from adapter.errors import OutputError
 from adapter.facts.identity import Identity
 from adapter.report.csvs import candidates_csv, candidates_detail_csv
+from adapter.report.entries import Entries
 from adapter.report.files import write_private
 from adapter.sweep import SweepResult
+from adapter.verdicts import Verdicts, criterion_doc, evidence_doc, verdict_doc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -29,30 +31,8 @@ WITHHELD = "withheld"
 _FLAGGED = (Status.CANDIDATE, Status.POTENTIAL_CANDIDATE)
 
 
-def evidence_json(ev: Evidence) -> dict[str, Any]:
-    return {
-        "reference": ev.reference,
-        "recorded": {
-            "value": ev.recorded_value,
-            "unit": ev.recorded_unit,
-            "code": ev.recorded_code,
-            "comparator": ev.recorded_comparator,
-        },
-        "normalised": {"value": ev.normalised_value, "unit": ev.normalised_unit},
-        "date": ev.date,
-        "threshold": ev.threshold,
-        "uln_source": ev.uln_source,
-        "note": ev.note,
-        "mapping_sources": list(ev.mapping_sources),
-    }
-
-
-def criterion_json(result: CriterionResult) -> dict[str, Any]:
-    return {
-        "result": result.result.value,
-        "reason": result.reason,
-        "evidence": [evidence_json(e) for e in result.evidence],
-    }
+evidence_json = evidence_doc
+criterion_json = criterion_doc
 
 
 def identity_json(identity: Identity | None) -> dict[str, Any]:
@@ -69,19 +49,33 @@ def identity_json(identity: Identity | None) -> dict[str, Any]:
 
 def verdict_json(verdict: PatientVerdict, identity: Identity | None = None) -> dict[str, Any]:
     """One patient of results.json; `identity` (beside the reference) when one is given."""
-    who = {} if identity is None else {"identity": identity_json(identity)}
-    return {
-        "patient": verdict.patient,
-        **who,
-        "status": verdict.status.value,
-        "criteria": {cid: criterion_json(r) for cid, r in verdict.criteria.items()},
-    }
+    return _entry(verdict_doc(verdict), identity)
+
+
+def _entry(doc: dict[str, Any], identity: Identity | None) -> dict[str, Any]:
+    """A `verdict_doc` as results.json lists it: `identity` beside the reference, when given."""
+    if identity is None:
+        return doc
+    return {"patient": doc["patient"], "identity": identity_json(identity), **doc}
+
+
+def patient_entries(sweep: SweepResult) -> Entries:
+    """Every patient's entry in results.json, with identity and `people_status`, made when read."""
+    verdicts, identities, people = sweep.verdicts, sweep.identities, sweep.people_status
+
+    def make(i: int) -> dict[str, Any]:
+        doc = verdicts.doc(i)
+        entry = _entry(doc, identities.get(doc["patient"]) or Identity())
+        entry["people_status"] = people.get(doc["patient"])
+        return entry
+
+    return Entries(make, len(verdicts))
 
 
 def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     counts = {s.value: 0 for s in Status}
-    for v in sweep.verdicts:
-        counts[v.status.value] += 1
+    for _, status in sweep.verdicts.statuses():
+        counts[status.value] += 1
     doc: dict[str, Any] = {
         "trial": sweep.trial.id,
         "trial_definition": {
@@ -95,11 +89,7 @@ def results_json(sweep: SweepResult, *, extra: dict[str, Any] | None = None) -> 
         "counts": counts,
         # Every patient's identity (nulls where unknown): results.json is the owner's alone.
         # `status` keeps the verdict; `people_status` what people set on the sink (issue 12).
-        "patients": [
-            verdict_json(v, sweep.identities.get(v.patient) or Identity())
-            | {"people_status": sweep.people_status.get(v.patient)}
-            for v in sweep.verdicts
-        ],
+        "patients": patient_entries(sweep),
         "errors": [
             {"patient": e.patient, "reason": e.reason} | ({"detail": e.detail} if e.detail else {})
             for e in sweep.errors
@@ -162,17 +152,21 @@ def sweep_json(
             sink_error or "writes withheld: unreadable input lines name no patient for sure"
         )
     failed = sink_status in ("failed", WITHHELD)
+    flagged = [p for p, status in sweep.verdicts.statuses() if status in _FLAGGED]
     if sink_status == "started":
-        pending = (v.patient for v in sweep.verdicts if v.status in _FLAGGED)
-        writes = {p: writes.get(p, UNCONFIRMED) for p in pending}
-    for entry in doc["patients"]:
+        writes = {p: writes.get(p, UNCONFIRMED) for p in flagged}
+    flagged_values = {s.value for s in _FLAGGED}
+
+    def with_outcome(entry: dict[str, Any]) -> dict[str, Any]:
         outcome = writes.get(entry["patient"])
-        if outcome is None and failed and entry["status"] in {s.value for s in _FLAGGED}:
+        if outcome is None and failed and entry["status"] in flagged_values:
             outcome = NOT_WRITTEN
         if outcome is not None:
             entry["research_subject"] = outcome
+        return entry
+
+    doc["patients"] = doc["patients"].map(with_outcome)
     if sink_status is not None:
-        flagged = [v.patient for v in sweep.verdicts if v.status in _FLAGGED]
         doc["sink_writes"] = {
             "status": sink_status,
             "error": sink_error,
@@ -213,7 +207,9 @@ def json_pieces(doc: Mapping[str, Any]) -> Iterator[bytes]:
     for key, value in doc.items():
         yield separator + b"\n  " + orjson.dumps(key) + b": "
         separator = b","
-        if isinstance(value, list) and value:
+        if isinstance(value, Entries) and not value:
+            value = []
+        if isinstance(value, list | Entries) and value:
             opening = b"["
             for item in value:
                 yield opening + b"\n    " + _indented(item, 4)
@@ -229,12 +225,17 @@ def _indented(value: object, depth: int) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n" + b" " * depth)
 
 
-def unknown_summary(verdicts: list[PatientVerdict]) -> dict[str, int]:
+def unknown_summary(verdicts: Verdicts | list[PatientVerdict]) -> dict[str, int]:
     """How often each criterion was unknown among potential candidates (for the summary)."""
     out: dict[str, int] = {}
-    for v in verdicts:
-        if v.status is Status.POTENTIAL_CANDIDATE:
-            for cid, r in v.criteria.items():
-                if r.result is Result.UNKNOWN:
+    read = (
+        verdicts.results()
+        if isinstance(verdicts, Verdicts)  # read without their evidence
+        else ((v.patient, v.status, {c: r.result for c, r in v.criteria.items()}) for v in verdicts)
+    )
+    for _, status, results in read:
+        if status is Status.POTENTIAL_CANDIDATE:
+            for cid, result in results.items():
+                if result is Result.UNKNOWN:
                     out[cid] = out.get(cid, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -48,7 +48,7 @@ TITLE = f"Pre-screening report: {TRIAL}, as of {AS_OF}"
 def _demo_results() -> str:
     trial = load_trial(TRIAL, None, site_mappings=None)
     sweep = asyncio.run(run_sweep(trial, FolderSource(DEMO), AS_OF))
-    return json.dumps(sweep_json(sweep, sink=None, writes={}))
+    return json.dumps(sweep_json(sweep, sink=None, writes={}), default=list)
 
 
 @functools.cache

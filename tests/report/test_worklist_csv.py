@@ -146,7 +146,7 @@ def test_an_age_a_partial_birth_date_leaves_open_is_blank(doc):
 
 def test_new_is_yes_or_no_from_results_json_and_blank_without_it(doc):
     """`new` comes from the ledger's key in results.json; absent, the cell is blank."""
-    changed = json.loads(json.dumps(doc))
+    changed = json.loads(json.dumps(doc, default=list))
     by_patient = {p["patient"]: p for p in changed["patients"]}
     by_patient["Patient/demo-01"]["new"] = True
     by_patient["Patient/demo-02"]["new"] = False
@@ -156,7 +156,7 @@ def test_new_is_yes_or_no_from_results_json_and_blank_without_it(doc):
 
 def test_a_patient_people_have_set_a_status_on_is_left_out(doc):
     """withdrawn, on-study...: handled, so not on the worklist, nor in its detail."""
-    changed = json.loads(json.dumps(doc))
+    changed = json.loads(json.dumps(doc, default=list))
     by_patient = {p["patient"]: p for p in changed["patients"]}
     by_patient["Patient/demo-01"]["people_status"] = "withdrawn"
     by_patient["Patient/demo-02"]["people_status"] = None
@@ -301,7 +301,9 @@ def test_write_reports_writes_results_and_both_csvs_for_the_owner_only(doc, tmp_
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     assert (tmp_path / "candidates.csv").read_text() == candidates_csv(doc)
     assert (tmp_path / "candidates-detail.csv").read_text() == candidates_detail_csv(doc)
-    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(doc))
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(
+        json.dumps(doc, default=list)
+    )
 
 
 def test_the_csvs_read_the_same_from_results_json_on_disk(doc, tmp_path):

@@ -114,7 +114,7 @@ def test_an_epic_server_is_surveyed_one_member_at_a_time(
     observation_searches = [u for u in server.searches if u.path.endswith("/Observation")]
     assert all("category" in u.params for u in observation_searches)
     doc = json.loads((tmp_path / "out" / "survey.json").read_text(encoding="utf-8"))
-    assert "1751-7" in json.dumps(doc)
+    assert "1751-7" in json.dumps(doc, default=list)
 
 
 def test_without_a_cohort_the_survey_says_how_to_name_the_patients(
