@@ -27,6 +27,8 @@ _NEWLINE = ord("\n")
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # An absolute reference: a `reference` whose value starts with an RFC 3986 scheme (`urn:`).
 _ABSOLUTE_REFERENCE = re.compile(rb'"reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
+# The same without the key's opening quote (`block_is_plain`).
+_REFERENCE_TAIL = re.compile(rb'reference"\s*:\s*"[A-Za-z][A-Za-z0-9+.\-]*:')
 #: past this many identifier values, one `in` search per value per line costs more than parsing
 VALUES_PRECHECKED = 32
 
@@ -111,6 +113,44 @@ def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
     # beside it, which may be the subject: parsed, so that it is counted too.
     return _ABSOLUTE_REFERENCE.search(line) is not None
+
+
+def may_belong_plain(line: bytes, wanted: frozenset[bytes]) -> bool:
+    """`may_belong` for a line of a block that `block_is_plain` passed: the same answer with
+    two of its steps left out, the escapes and the absolute references, which the block was
+    searched for once (issue 15: the regular expression alone cost 0.8 us a line)."""
+    if not line or line[0] != _BRACE:
+        return True
+    if not (line[-1] == _NEWLINE and len(line) > 1 and line[-2] == _CLOSE) and not (
+        line.rstrip().endswith(b"}")
+    ):
+        return True
+    start = line.find(b"Patient/")
+    if start == -1:
+        return True
+    while start != -1:
+        if start and line[start - 1] != _QUOTE:
+            return True
+        start += 8  # len(b"Patient/")
+        end = line.find(b'"', start)
+        if line[start:end].partition(b"/")[0] in wanted:
+            return True
+        start = line.find(b"Patient/", start)
+    return False
+
+
+def block_is_plain(block: bytes) -> bool:
+    """Whether no line of the block holds a `\\/` or `\\u` escape or an absolute reference: then
+    `may_belong_plain` decides each of its lines as `may_belong` does.
+
+    One search of each kind over the whole block: a line's match is a match in the block. The
+    reference is looked for without its opening quote, which finds it sooner (a quote starts
+    every JSON string), and at worst finds a key that merely ends in `reference`: then the block
+    is not plain, and its lines get the whole `may_belong`.
+    """
+    if block.find(b"\\") != -1 and (block.find(b"\\/") != -1 or block.find(b"\\u") != -1):
+        return False
+    return _REFERENCE_TAIL.search(block) is None
 
 
 def has_absolute_reference(line: bytes) -> bool:
