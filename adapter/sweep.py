@@ -69,6 +69,7 @@ async def _cohort_search(
     aliases = trial.system_aliases
     cohort = trial.cohort
     tokens = trial.cohort_tokens()
+    token_codes = frozenset(t.code for t in tokens)
     async for res in source.fetch(Query("Condition", codes=tokens)):
         stats["cohort_conditions_read"] += 1
         pid = patient_id_of(res)
@@ -80,7 +81,9 @@ async def _cohort_search(
         if counting:
             by_patient[pid].append(condition_fact(res, aliases))
         # Only with an id: a copy without one could not be told from the Condition read's.
-        if (counting or _excluded_by(tokens, res, codes)) and isinstance(res.get("id"), str):
+        if (
+            counting or (_may_be_excluded(token_codes, res) and _excluded_by(tokens, res, codes))
+        ) and isinstance(res.get("id"), str):
             kept[pid].append(res)
     ids = set()
     for pid, conditions in by_patient.items():
@@ -101,6 +104,16 @@ def _excluded_by(tokens: frozenset[Coding], res: Resource, aliased: tuple[Coding
     written = _written_codings(res.get("code"))
     bare = {t.code for t in tokens if not t.system}
     return not tokens.isdisjoint(written) or any(c.code in bare for c in written)
+
+
+def _may_be_excluded(token_codes: frozenset[str], res: Resource) -> bool:
+    """False when no coding of `res` has a token's code, in any system: then `_excluded_by`
+    is False too (it looks at every cohort patient's Condition: this is the cheap half)."""
+    concept = res.get("code")
+    listed = concept.get("coding") if isinstance(concept, dict) else None
+    return isinstance(listed, list) and any(
+        isinstance(c, dict) and c.get("code") in token_codes for c in listed
+    )
 
 
 def _written_codings(concept: object) -> set[Coding]:

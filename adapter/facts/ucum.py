@@ -60,6 +60,9 @@ _MISREAD_ATOMS = {"g%": "a mass (gram x percent)"}
 _DECIMAL_FACTOR = re.compile(r"\d\.\d")
 _ANNOTATION_OR_BRACKETS = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
 PURE_ANNOTATIONS = re.compile(r"(\{[^{}]*\})+")
+#: values from this size to its inverse are converted with a kept factor (`UcumEngine.convert`)
+_ORDINARY = 1e-100
+_UNKNOWN: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ class UcumEngine:
         self._parser: Any = get_ucum_parser()
         self._transformer: Any = UcumToPintTransformer(ureg=self.ureg)
         self._cache: dict[str, Unit | Refused] = {}
+        self._factors: dict[tuple[str, float, str, float, float | None], float | None] = {}
         self._lock = threading.Lock()
         for code in arbitrary:
             unit = self.parse(code)
@@ -147,7 +151,38 @@ class UcumEngine:
         return Unit(code, factor, result.units)
 
     def convert(self, value: float, src: Unit, dst: Unit, molar_mass: float | None) -> float | None:
-        """`value` in `src` expressed in `dst`, unrounded; None when the dimensions differ."""
+        """`value` in `src` expressed in `dst`, unrounded; None when the dimensions differ.
+
+        A conversion through pint costs about 40 us, most of a lab value's cost (issue 15), and
+        a sweep makes the same few conversions thousands of times: the factor of a conversion
+        that is a plain product (no offset: 0 stays 0, and 2 becomes twice what 1 becomes) is
+        kept, and values of ordinary size are multiplied by it. It may differ from pint's own
+        result in the last bit, far below the 12 digits values are rounded to.
+        """
+        if not _ORDINARY <= abs(value) <= 1 / _ORDINARY:
+            return self._convert(value, src, dst, molar_mass)
+        key = (src.code, src.factor, dst.code, dst.factor, molar_mass)
+        with self._lock:
+            factor = self._factors.get(key, _UNKNOWN)
+        if factor is _UNKNOWN:
+            factor = self._factor(src, dst, molar_mass)
+            with self._lock:
+                if len(self._factors) < _CACHE_LIMIT:
+                    self._factors[key] = factor
+        if factor is None:  # not a plain product, or not convertible: pint says which
+            return self._convert(value, src, dst, molar_mass)
+        return value * float(factor)
+
+    def _factor(self, src: Unit, dst: Unit, molar_mass: float | None) -> float | None:
+        """The factor of a conversion that is a plain product, else None."""
+        one, two, zero = (self._convert(v, src, dst, molar_mass) for v in (1.0, 2.0, 0.0))
+        if one is None or two is None or zero != 0 or not math.isfinite(one) or one == 0:
+            return None
+        return one if math.isclose(two, 2 * one, rel_tol=1e-13) else None
+
+    def _convert(
+        self, value: float, src: Unit, dst: Unit, molar_mass: float | None
+    ) -> float | None:
         import pint
 
         try:
