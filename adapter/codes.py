@@ -7,6 +7,7 @@ systems (SNOMED CT, LOINC, CPT, local codes) match exactly. `exclude` entries ar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -90,3 +91,46 @@ class CodeSet:
         }
         tokens.update(self.search_variants)
         return frozenset(tokens)
+
+
+def line_pattern(codesets: Iterable[CodeSet], exact: Iterable[Coding] = ()) -> str:
+    """A regular expression (for bytes, as text) that a raw JSON line matches whenever it holds
+    a `"code"` one of `codesets` includes, or one of the `exact` codes (issue 15: a folder source
+    passes over the other lines of the cohort's Condition search after checking them whole).
+
+    A superset, never less: systems and exclusions are not looked at; an ICD entry matches its
+    characters in any case, with dots between them and up to 8 bytes of anything but letters,
+    digits and quotes, or JSON escapes, before (`strip()`'s whitespace); a range matches its
+    letters and any two characters. `\\u` escapes of the code's own characters (`\\u0045`) do
+    not match: lines with one are the folder source's to parse whatever this says.
+    """
+    alternatives: set[str] = set()
+    for codeset in codesets:
+        for pattern in codeset.include:
+            if pattern.kind == "exact":
+                alternatives.add(re.escape(pattern.text) + '"')
+            elif "-" in pattern.text:
+                low, high = (re.escape(_icd_norm(x)[:1]) for x in pattern.text.split("-", 1))
+                first = f"[{low}-{high}{low.lower()}-{high.lower()}]"
+                alternatives.add(_LEAD + first + r"\.*[^\"]\.*[^\"]")
+            else:
+                alternatives.add(_LEAD + r"\.*".join(_any_case(c) for c in _icd_norm(pattern.text)))
+    # Exact codes an ICD entry already matches need no alternative of their own.
+    prefixes = [re.compile(a) for a in alternatives if a.startswith(_LEAD)]
+    for coding in exact:
+        if not any(p.match(coding.code) for p in prefixes):
+            alternatives.add(re.escape(coding.code) + '"')
+    if not alternatives:
+        return "(?!)"
+    return r'"code"\s*:\s*"(?:' + "|".join(sorted(alternatives)) + ")"
+
+
+#: what `strip()` may remove before an ICD code: up to 8 bytes of whitespace in UTF-8 or as a JSON
+#: escape (`\\t`), anything but a letter, digit or quote
+_LEAD = r'(?:[^"\\A-Za-z0-9]|\\.){0,8}'
+
+
+def _any_case(char: str) -> str:
+    if char.isalpha() and char.isascii():
+        return f"[{char.upper()}{char.lower()}]"
+    return re.escape(char)

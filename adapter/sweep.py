@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import date
 
+from adapter.codes import line_pattern
 from adapter.cohorts import CohortSpec, read_members
 from adapter.criteria.evaluate import in_cohort
 from adapter.facts.extract import codings, condition_fact
@@ -26,7 +27,7 @@ from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
 from adapter.spill import ResourceSpill
 from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
-from adapter.sweep_stages import evaluate_cohort, read_cohort
+from adapter.sweep_stages import code_skipped, evaluate_cohort, read_cohort
 from adapter.trials import Trial
 
 __all__ = [
@@ -70,7 +71,10 @@ async def _cohort_search(
     cohort = trial.cohort
     tokens = trial.cohort_tokens()
     token_codes = frozenset(t.code for t in tokens)
-    async for res in source.fetch(Query("Condition", codes=tokens)):
+    # Lines a folder source passes over (parsed whole, holding none of the codes) count as read.
+    passed_over = code_skipped(source, "Condition")
+    query = Query("Condition", codes=tokens, line_pattern=line_pattern(cohort, tokens))
+    async for res in source.fetch(query):
         stats["cohort_conditions_read"] += 1
         pid = patient_id_of(res)
         if pid is None:
@@ -85,6 +89,7 @@ async def _cohort_search(
             counting or (_may_be_excluded(token_codes, res) and _excluded_by(tokens, res, codes))
         ) and isinstance(res.get("id"), str):
             kept[pid].append(res)
+    stats["cohort_conditions_read"] += code_skipped(source, "Condition") - passed_over
     ids = set()
     for pid, conditions in by_patient.items():
         probe = PatientFacts(

@@ -108,7 +108,7 @@ async def read_cohort(
         line_codes=trial.observation_line_codes(),
     )
     track.stage("Observation", None)
-    unparsed = _code_skipped(source, "Observation")
+    unparsed = code_skipped(source, "Observation")
     async for res in fetch_if("Observation" in reads, source, observations):
         stats["Observation"] += 1
         track.advance()
@@ -121,14 +121,14 @@ async def read_cohort(
             stats["observations_skipped_code_not_needed"] += 1
     # Lines a folder source skipped unparsed because they hold none of the codes: counted as
     # if they had been read and skipped here, so the counts do not depend on the source.
-    unparsed = _code_skipped(source, "Observation") - unparsed
+    unparsed = code_skipped(source, "Observation") - unparsed
     stats["Observation"] += unparsed
     track.advance(unparsed)
     stats["observations_skipped_code_not_needed"] += unparsed
     say(f"observations read: {stats['Observation']}")
 
 
-def _code_skipped(source: Source, resource_type: str) -> int:
+def code_skipped(source: Source, resource_type: str) -> int:
     counts: Counter[str] | None = getattr(source, "code_skipped", None)
     return counts[resource_type] if counts is not None else 0
 

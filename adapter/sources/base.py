@@ -40,6 +40,10 @@ class Query:
     #: Conditions, issue 15): a source may leave those out (a server by `code:not`), and the
     #: caller drops any it returns again, so a source that ignores this is still right
     exclude_codes: frozenset[Coding] | None = None
+    #: a regular expression (for bytes, as text) that the raw line of every resource the caller
+    #: can use matches (`adapter.codes.line_pattern`): a folder source may pass over, counting
+    #: them in `code_skipped`, lines that parse whole as the type but do not match (issue 15)
+    line_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,7 +267,7 @@ class FolderSource(NdjsonReading):
 
     def _prefetch(self, query: Query) -> Prefetch | None:
         """The query's NDJSON files in parts for the workers, when they pay; else None."""
-        if self._pool.workers < 2 or query.patients is None:
+        if self._pool.workers < 2 or (query.patients is None and query.line_pattern is None):
             return None
         paths = [str(f.path) for f in self._files if f.ndjson_type == query.resource_type]
         try:
@@ -281,7 +281,8 @@ class FolderSource(NdjsonReading):
             ]
         except OSError:
             return None  # read in one process, which says what is wrong
-        plan = Plan(query.resource_type, prefilter(query), code_needles(query.line_codes))
+        pattern = query.line_pattern if query.patients is None else None
+        plan = Plan(query.resource_type, prefilter(query), code_needles(query.line_codes), pattern)
         return Prefetch(
             self._pool, plan, parts, self._pool.workers + 1, lambda path: shown(Path(path))
         )

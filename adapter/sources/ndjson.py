@@ -29,9 +29,11 @@ from adapter.sources.base import (
 from adapter.sources.prechecks import (
     Precheck,
     code_needles,
+    line_regex,
     may_be_wanted_patient,
     may_belong,
     may_hold_code,
+    passes_over,
     prefilter,
 )
 from adapter.sources.scan import BOM, Scanned, open_stream
@@ -83,6 +85,7 @@ class NdjsonReading:
         wanted_bytes = prefilter(query)
         belongs = may_be_wanted_patient if query.resource_type == "Patient" else may_belong
         needles = code_needles(query.line_codes)
+        pattern = line_regex(query.line_pattern) if query.patients is None else None
         # Lines dropped unparsed are added to the counters at the end (also when the caller
         # stops early), as a Counter costs more per line than the check itself.
         dropped = code_skipped = 0
@@ -99,6 +102,9 @@ class NdjsonReading:
                         dropped += 1
                         continue
                     if needles is not None and not may_hold_code(line, needles):
+                        code_skipped += 1
+                        continue
+                    if pattern is not None and passes_over(line, pattern, query.resource_type):
                         code_skipped += 1
                         continue
                     if precheck is not None and not precheck(line):
@@ -119,6 +125,7 @@ class NdjsonReading:
         wanted_bytes = prefilter(query)
         belongs = may_be_wanted_patient if query.resource_type == "Patient" else may_belong
         needles = code_needles(query.line_codes)
+        pattern = line_regex(query.line_pattern) if query.patients is None else None
         offset = 0
         try:
             for scanned in parts:
@@ -136,6 +143,9 @@ class NdjsonReading:
                             tally.dropped += 1
                             continue
                         if needles is not None and not may_hold_code(line, needles):
+                            tally.code_skipped += 1
+                            continue
+                        if pattern is not None and passes_over(line, pattern, query.resource_type):
                             tally.code_skipped += 1
                             continue
                     resource = self.take(tally, path, offset + number, line, query)

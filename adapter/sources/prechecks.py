@@ -153,6 +153,25 @@ def block_is_plain(block: bytes) -> bool:
     return _REFERENCE_TAIL.search(block) is None
 
 
+def passes_over(line: bytes, pattern: re.Pattern[bytes], resource_type: str) -> bool:
+    """Whether a line of an everyone-query (the cohort's Condition search) can be passed over:
+    it is one whole object of the type (parsed, so a damaged line is still recorded), spells its
+    strings in their own bytes, names no absolute reference (counted as foreign when parsed),
+    and does not match `Query.line_pattern`, so it holds none of the codes the caller uses."""
+    if not whole_and_plain(line) or has_absolute_reference(line) or pattern.search(line):
+        return False
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.get("resourceType") == resource_type
+
+
+def line_regex(text: str | None) -> re.Pattern[bytes] | None:
+    """`Query.line_pattern` compiled for raw lines (the `re` module keeps it compiled)."""
+    return None if text is None else re.compile(text.encode())
+
+
 def has_absolute_reference(line: bytes) -> bool:
     """Whether a `reference` of the line has an absolute value (`urn:uuid:1`, `http://x/P/1`).
 

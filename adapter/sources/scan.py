@@ -26,10 +26,12 @@ import orjson
 
 from adapter.sources.prechecks import (
     block_is_plain,
+    line_regex,
     may_be_wanted_patient,
     may_belong,
     may_belong_plain,
     may_hold_code,
+    passes_over,
 )
 
 # gzip's own 8 KiB reads make line iteration about a third slower than 1 MiB ones.
@@ -45,6 +47,8 @@ class Plan(NamedTuple):
     wanted: frozenset[bytes] | None
     #: `code_needles`; None: no code test
     needles: tuple[bytes, ...] | None
+    #: `Query.line_pattern` of an everyone-query; None: no such test
+    pattern: str | None = None
 
 
 class Part(NamedTuple):
@@ -83,6 +87,8 @@ def scan(plan: Plan, part: Part, block: int = BUFFER) -> Scanned:
     ids = wanted or frozenset()
     belongs: Callable[[bytes, frozenset[bytes]], bool] | None
     needles = plan.needles
+    pattern = line_regex(plan.pattern)
+    kind = plan.resource_type
     patients = plan.resource_type == "Patient"
     confirmed = False
     error: tuple[str, str] | None = None
@@ -104,7 +110,9 @@ def scan(plan: Plan, part: Part, block: int = BUFFER) -> Scanned:
                     if confirmed:
                         if belongs is not None and not belongs(line, ids):
                             dropped += 1
-                        elif needles is not None and not may_hold_code(line, needles):
+                        elif (needles is not None and not may_hold_code(line, needles)) or (
+                            pattern is not None and passes_over(line, pattern, kind)
+                        ):
                             code_skipped += 1
                         else:
                             found.append((count, line, True))
