@@ -93,6 +93,8 @@ class ServerConfig(BaseModel):
     result_cap: int | None = Field(default=10_000, ge=1)
     #: ask for only the fields the criteria read, where the server honours `_elements`
     use_elements: bool = True
+    #: a folder source's worker processes (issue 15): None, one per core (at most 4); 1, none
+    workers: int | None = Field(default=None, ge=1, le=64)
     #: the server family (mappings/servers/<name>.yaml, or the site folder's `servers/`):
     #: required and single-valued search parameters, post-filters, `_count` cap... (`--profile`)
     profile: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")

@@ -131,7 +131,7 @@ async def open_source(
     `exported`: the types a Bulk export in the folder asked for (a missing file is none of them).
     """
     if not is_url(text):
-        folder = FolderSource(Path(text), exported=exported)
+        folder = FolderSource(Path(text), exported=exported, workers=config.workers)
         try:
             yield folder
         finally:

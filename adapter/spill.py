@@ -28,8 +28,9 @@ import orjson
 
 from adapter.sources.base import Resource
 
-#: rows added before they are written in one statement
-_BATCH = 2000
+#: bytes of JSON added before they are written in one statement (a Patient is 3 KiB or more:
+#: a count of rows would hold 15 MiB of them)
+_BATCH_BYTES = 1 << 20
 
 
 class Kind(IntEnum):
@@ -54,12 +55,15 @@ class ResourceSpill:
             "kind INTEGER NOT NULL, body BLOB NOT NULL)"
         )
         self._pending: list[tuple[str, int, bytes]] = []
+        self._pending_bytes = 0
         self.added = 0
 
     def add(self, patient: str, kind: Kind, resource: Resource) -> None:
-        self._pending.append((patient, int(kind), orjson.dumps(resource)))
+        body = orjson.dumps(resource)
+        self._pending.append((patient, int(kind), body))
+        self._pending_bytes += len(body)
         self.added += 1
-        if len(self._pending) >= _BATCH:
+        if self._pending_bytes >= _BATCH_BYTES:
             self._flush()
 
     def by_patient(self) -> Iterator[tuple[str, list[tuple[Kind, Resource]]]]:
@@ -88,3 +92,4 @@ class ResourceSpill:
                     "INSERT INTO spilled (patient, kind, body) VALUES (?, ?, ?)", self._pending
                 )
             self._pending.clear()
+            self._pending_bytes = 0

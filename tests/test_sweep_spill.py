@@ -47,7 +47,7 @@ def test_the_spill_orders_patients_as_python_sorts_their_ids() -> None:
 def test_the_spill_holds_more_than_one_batch() -> None:
     with ResourceSpill() as spill:
         for i in range(5000):
-            spill.add(f"p{i % 7}", Kind.OBSERVATION, {"n": i})
+            spill.add(f"p{i % 7}", Kind.OBSERVATION, {"n": i, "text": "x" * 600})
         groups = dict(spill.by_patient())
     assert sum(len(rows) for rows in groups.values()) == 5000
     assert [r["n"] for _, r in groups["p3"]] == list(range(3, 5000, 7))
