@@ -90,26 +90,11 @@ def may_belong(line: bytes, wanted: frozenset[bytes]) -> bool:
     damage that makes the line unreadable (a byte of `Patient/` changed), which only a parse
     records. Parsing confirms every line let through.
     """
-    if not line or line[0] != _BRACE:
-        return True
-    if not (line[-1] == _NEWLINE and len(line) > 1 and line[-2] == _CLOSE) and not (
-        line.rstrip().endswith(b"}")
-    ):
+    # The same answer as `may_belong_plain`, or an escape, or an absolute reference.
+    if may_belong_plain(line, wanted):
         return True
     if line.find(b"\\") != -1 and (line.find(b"\\/") != -1 or line.find(b"\\u") != -1):
         return True
-    start = line.find(b"Patient/")
-    if start == -1:
-        return True
-    while start != -1:
-        if start and line[start - 1] != _QUOTE:
-            # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
-            return True
-        start += 8  # len(b"Patient/")
-        end = line.find(b'"', start)
-        if line[start:end].partition(b"/")[0] in wanted:
-            return True
-        start = line.find(b"Patient/", start)
     # Another patient's line, but for an absolute reference without `Patient/` (`urn:uuid:...`)
     # beside it, which may be the subject: parsed, so that it is counted too.
     return _ABSOLUTE_REFERENCE.search(line) is not None
@@ -130,6 +115,7 @@ def may_belong_plain(line: bytes, wanted: frozenset[bytes]) -> bool:
         return True
     while start != -1:
         if start and line[start - 1] != _QUOTE:
+            # `http://other.example/fhir/Patient/1`: parsed, so it is counted as foreign.
             return True
         start += 8  # len(b"Patient/")
         end = line.find(b'"', start)
