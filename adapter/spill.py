@@ -59,7 +59,10 @@ class ResourceSpill:
         self.added = 0
 
     def add(self, patient: str, kind: Kind, resource: Resource) -> None:
-        body = orjson.dumps(resource)
+        self.add_json(patient, kind, orjson.dumps(resource))
+
+    def add_json(self, patient: str, kind: Kind, body: bytes) -> None:
+        """`add` of a resource already as JSON."""
         self._pending.append((patient, int(kind), body))
         self._pending_bytes += len(body)
         self.added += 1

@@ -32,6 +32,8 @@ from adapter.trials import Trial
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+#: a Condition the cohort search returned: its reference, and its JSON
+Kept = tuple[str, bytes]
 
 
 async def fetch_if(needed: bool, source: Source, query: Query) -> AsyncIterator[Resource]:
@@ -45,7 +47,7 @@ async def read_cohort(
     trial: Trial,
     source: Source,
     wanted: frozenset[str],
-    kept: dict[str, list[Resource]],
+    kept: dict[str, list[Kept]],
     read_conditions: bool,
     spill: ResourceSpill,
     stats: Counter[str],
@@ -72,7 +74,7 @@ async def read_cohort(
 
     if read_conditions and "Condition" in reads:
         track.stage("Condition", None)
-        leftover = {reference_of(r): (pid, r) for pid, rs in kept.items() for r in rs}
+        leftover = {ref: (pid, body) for pid, bodies in kept.items() for ref, body in bodies}
         conditions = Query(
             "Condition",
             patients=wanted,
@@ -85,10 +87,10 @@ async def read_cohort(
             if pid in wanted:
                 leftover.pop(reference_of(res), None)
                 spill.add(pid, Kind.CONDITION, res)
-        for pid, res in leftover.values():
+        for pid, body in leftover.values():
             # Left out by the source (`code:not`): counted as the read would have counted it.
             stats["Condition"] += 1
-            spill.add(pid, Kind.CONDITION, res)
+            spill.add_json(pid, Kind.CONDITION, body)
 
     track.stage("Procedure", None)
     async for res in fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
