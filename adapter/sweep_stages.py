@@ -7,9 +7,10 @@ lets them go, so a sweep's memory does not grow with its cohort's data.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from adapter.criteria.evaluate import evaluate_patient, in_cohort
@@ -59,75 +60,128 @@ async def read_cohort(
 
     `kept` are Conditions the cohort search returned: the Condition read asks the source to
     leave them out (`exclude_codes`), and takes each once whether it does or not.
+
+    From a server the four searches run at once (issue 15), within the client's
+    `max_concurrent`: the server always has the next request while the last page is handled
+    here, so this side's work hides behind the server's. A folder is read one type after the
+    other: the reading is this machine's own work, spread over its cores already.
     """
     reads = trial.reads()
-    track.stage("Patient", None)
-    found: set[str] = set()
-    async for res in source.fetch(Query("Patient", patients=wanted)):
-        stats["Patient"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid in wanted:
-            found.add(pid)
-            spill.add(pid, Kind.PATIENT, res)
-    say(f"patients read: {len(found)}")
-
+    reader = _Reader(source, wanted, spill, stats, track, say)
+    # Made when run: a reader never started (an earlier one failed) leaves no coroutine behind.
+    readers: list[Callable[[], Awaitable[None]]] = [reader.patients]
     if read_conditions and "Condition" in reads:
-        track.stage("Condition", None)
+        readers.append(lambda: reader.conditions(trial, kept))
+    # Their stages and counts even when no criterion reads them (fetch only what is needed).
+    readers.append(lambda: reader.procedures(reads))
+    readers.append(lambda: reader.observations(trial, reads))
+    if source.reads.mode == "files":
+        for read in readers:
+            await read()
+        return
+    track.stage("Patient, Condition, Procedure, Observation", None)
+    async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+        for read in readers:
+            group.create_task(_run(read))
+
+
+async def _run(read: Callable[[], Awaitable[None]]) -> None:
+    await read()
+
+
+class _Reader:
+    """One type's read into the spill, with its counts and progress."""
+
+    def __init__(
+        self,
+        source: Source,
+        wanted: frozenset[str],
+        spill: ResourceSpill,
+        stats: Counter[str],
+        track: Tracker,
+        say: Progress,
+    ) -> None:
+        self.source, self.wanted, self.spill = source, wanted, spill
+        self.stats, self.track, self.say = stats, track, say
+        # One type after another (a folder): each its own progress stage.
+        self.staged = source.reads.mode == "files"
+
+    def _stage(self, name: str) -> None:
+        if self.staged:
+            self.track.stage(name, None)
+
+    async def patients(self) -> None:
+        self._stage("Patient")
+        found: set[str] = set()
+        async for res in self.source.fetch(Query("Patient", patients=self.wanted)):
+            self.stats["Patient"] += 1
+            self.track.advance()
+            pid = patient_id_of(res)
+            if pid in self.wanted:
+                found.add(pid)
+                self.spill.add(pid, Kind.PATIENT, res)
+        self.say(f"patients read: {len(found)}")
+
+    async def conditions(self, trial: Trial, kept: dict[str, list[Kept]]) -> None:
+        self._stage("Condition")
         leftover = {ref: (pid, body) for pid, bodies in kept.items() for ref, body in bodies}
         conditions = Query(
             "Condition",
-            patients=wanted,
+            patients=self.wanted,
             exclude_codes=trial.cohort_tokens() if leftover else None,
         )
-        async for res in source.fetch(conditions):
-            stats["Condition"] += 1
-            track.advance()
+        async for res in self.source.fetch(conditions):
+            self.stats["Condition"] += 1
+            self.track.advance()
             pid = patient_id_of(res)
-            if pid in wanted:
+            if pid in self.wanted:
                 leftover.pop(reference_of(res), None)
-                spill.add(pid, Kind.CONDITION, res)
+                self.spill.add(pid, Kind.CONDITION, res)
         for pid, body in leftover.values():
             # Left out by the source (`code:not`): counted as the read would have counted it.
-            stats["Condition"] += 1
-            spill.add_json(pid, Kind.CONDITION, body)
+            self.stats["Condition"] += 1
+            self.spill.add_json(pid, Kind.CONDITION, body)
 
-    track.stage("Procedure", None)
-    async for res in fetch_if("Procedure" in reads, source, Query("Procedure", patients=wanted)):
-        stats["Procedure"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid in wanted:
-            spill.add(pid, Kind.PROCEDURE, res)
+    async def procedures(self, reads: frozenset[str]) -> None:
+        self._stage("Procedure")
+        query = Query("Procedure", patients=self.wanted)
+        async for res in fetch_if("Procedure" in reads, self.source, query):
+            self.stats["Procedure"] += 1
+            self.track.advance()
+            pid = patient_id_of(res)
+            if pid in self.wanted:
+                self.spill.add(pid, Kind.PROCEDURE, res)
 
-    builder = _builder(trial)
-    observations = Query(
-        "Observation",
-        codes=trial.observation_codes(),
-        patients=wanted,
-        categories=trial.observation_categories(),
-        uncategorised=trial.uncategorised_analytes(),
-        line_codes=trial.observation_line_codes(),
-    )
-    track.stage("Observation", None)
-    unparsed = code_skipped(source, "Observation")
-    async for res in fetch_if("Observation" in reads, source, observations):
-        stats["Observation"] += 1
-        track.advance()
-        pid = patient_id_of(res)
-        if pid not in wanted:
-            stats["observations_other_patients"] += 1
-        elif builder.measures(res):
-            spill.add(pid, Kind.OBSERVATION, res)
-        else:
-            stats["observations_skipped_code_not_needed"] += 1
-    # Lines a folder source skipped unparsed because they hold none of the codes: counted as
-    # if they had been read and skipped here, so the counts do not depend on the source.
-    unparsed = code_skipped(source, "Observation") - unparsed
-    stats["Observation"] += unparsed
-    track.advance(unparsed)
-    stats["observations_skipped_code_not_needed"] += unparsed
-    say(f"observations read: {stats['Observation']}")
+    async def observations(self, trial: Trial, reads: frozenset[str]) -> None:
+        self._stage("Observation")
+        builder = _builder(trial)
+        observations = Query(
+            "Observation",
+            codes=trial.observation_codes(),
+            patients=self.wanted,
+            categories=trial.observation_categories(),
+            uncategorised=trial.uncategorised_analytes(),
+            line_codes=trial.observation_line_codes(),
+        )
+        stats = self.stats
+        unparsed = code_skipped(self.source, "Observation")
+        async for res in fetch_if("Observation" in reads, self.source, observations):
+            stats["Observation"] += 1
+            self.track.advance()
+            pid = patient_id_of(res)
+            if pid not in self.wanted:
+                stats["observations_other_patients"] += 1
+            elif builder.measures(res):
+                self.spill.add(pid, Kind.OBSERVATION, res)
+            else:
+                stats["observations_skipped_code_not_needed"] += 1
+        # Lines a folder source skipped unparsed because they hold none of the codes: counted
+        # as if they had been read and skipped here, so the counts do not depend on the source.
+        unparsed = code_skipped(self.source, "Observation") - unparsed
+        stats["Observation"] += unparsed
+        self.track.advance(unparsed)
+        stats["observations_skipped_code_not_needed"] += unparsed
+        self.say(f"observations read: {stats['Observation']}")
 
 
 def code_skipped(source: Source, resource_type: str) -> int:

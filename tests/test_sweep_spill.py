@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
-from adapter.sources.base import Query, Resource
+from adapter.sources.base import Query, ReadNotes, Resource
 from adapter.sources.files import FolderSource
 from adapter.spill import Kind, ResourceSpill
 from adapter.sweep import run_sweep
@@ -156,3 +156,34 @@ def test_the_cohort_search_keeps_what_a_code_not_search_may_leave_out() -> None:
     assert _excluded_by(
         tokens, res({"system": "urn:oid:2.16.840.1.113883.6.90", "code": "C22.0"}), aliased
     )
+
+
+class ServerLike(Recording):
+    """The demo folder read as a server reads (`reads.mode` batch): the Patient search holds its
+    first resource back until the Observation search has started, as a slow server would."""
+
+    def __init__(self) -> None:
+        super().__init__(honour_exclude=False)
+        self.reads = ReadNotes(mode="batch")
+        self.observations_started = asyncio.Event()
+
+    async def fetch(self, query: Query) -> AsyncIterator[Resource]:
+        if query.resource_type == "Observation":
+            self.observations_started.set()
+        elif query.resource_type == "Patient" and query.patients is not None:
+            await self.observations_started.wait()
+        async for res in super().fetch(query):
+            yield res
+
+
+def test_a_servers_searches_run_at_once_and_give_the_verdicts_of_one_after_another() -> None:
+    """One after another, the Patient search would wait for the Observation search for ever."""
+
+    async def concurrent():  # type: ignore[no-untyped-def]
+        return await asyncio.wait_for(run_sweep(load_trial(HCC), ServerLike(), AS_OF), 30)
+
+    at_once = asyncio.run(concurrent())
+    in_turn = _sweep(Recording(honour_exclude=False))
+    assert _statuses(at_once) == _statuses(in_turn)
+    assert list(at_once.verdicts) == list(in_turn.verdicts)
+    assert at_once.stats == in_turn.stats
