@@ -80,9 +80,19 @@ async def read_cohort(
             await read()
         return
     track.stage("Patient, Condition, Procedure, Observation", None)
-    async with asyncio.TaskGroup() as group:  # the first failure cancels the others
-        for read in readers:
-            group.create_task(_run(read))
+    try:
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+            for read in readers:
+                group.create_task(_run(read))
+    except BaseExceptionGroup as failed:
+        # The failure itself, as one search after another would raise it: the command's error
+        # handling (exit codes, the one error line) knows the adapter's exceptions, not groups.
+        raise _first(failed) from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _run(read: Callable[[], Awaitable[None]]) -> None:

@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
+import pytest
+
+from adapter.errors import IncompleteInputError
 from adapter.sources.base import Query, ReadNotes, Resource
 from adapter.sources.files import FolderSource
 from adapter.spill import Kind, ResourceSpill
@@ -187,3 +190,20 @@ def test_a_servers_searches_run_at_once_and_give_the_verdicts_of_one_after_anoth
     assert _statuses(at_once) == _statuses(in_turn)
     assert list(at_once.verdicts) == list(in_turn.verdicts)
     assert at_once.stats == in_turn.stats
+
+
+class FailingServer(ServerLike):
+    """A server whose Observation search fails with the adapter's own error."""
+
+    async def fetch(self, query: Query) -> AsyncIterator[Resource]:
+        if query.resource_type == "Observation":
+            self.observations_started.set()
+            raise IncompleteInputError("the Observation search failed")
+        async for res in super().fetch(query):
+            yield res
+
+
+def test_a_failed_search_among_those_at_once_is_raised_as_itself() -> None:
+    """Not wrapped in an exception group: the command's exit code and error line depend on it."""
+    with pytest.raises(IncompleteInputError, match="Observation search failed"):
+        asyncio.run(run_sweep(load_trial(HCC), FailingServer(), AS_OF))
