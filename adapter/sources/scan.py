@@ -18,6 +18,8 @@ import gzip
 import io
 import os
 import signal
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, cast
@@ -220,10 +222,31 @@ class _Window(io.RawIOBase):
         super().close()
 
 
-def ignore_interrupts() -> None:
-    """A worker's start: Ctrl-C reaches every process of the terminal, and the main process
-    alone handles it (ending the workers in its `aclose`), without a traceback from each."""
+def worker_start(parent: int) -> None:
+    """A worker's start.
+
+    Ctrl-C reaches every process of the terminal, and the main process alone handles it (ending
+    the workers in its `aclose`), without a traceback from each. And a worker ends when the
+    sweep's process is gone however it went (SIGKILL, the machine's OOM killer): else it would
+    wait for ever to hand a result to nobody, holding its memory, after every killed night.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `parent` comes from the sweep: a worker still starting when it was killed has been
+    # adopted already, and its own getppid() would be the adopter's.
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_end_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+#: seconds between two looks at whether the sweep's process is still there
+PARENT_CHECK = 1.0
+
+
+def _end_with(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK)
+        if os.getppid() != parent:  # adopted by init (or a subreaper): the sweep is gone
+            os._exit(1)
 
 
 def loaded_modules() -> list[str]:

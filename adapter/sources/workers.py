@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapter.errors import IncompleteInputError
-from adapter.sources.scan import Part, Plan, Scanned, ignore_interrupts, scan
+from adapter.sources.scan import Part, Plan, Scanned, scan, worker_start
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -61,7 +61,7 @@ class ScanPool:
 
             context = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=ignore_interrupts
+                self.workers, mp_context=context, initializer=worker_start, initargs=(os.getpid(),)
             )
             # Also when the source is dropped without aclose (processes would outlive it).
             self._finalizer = weakref.finalize(
