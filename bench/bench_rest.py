@@ -36,6 +36,7 @@ Environment:
   BENCH_FHIRPY           0 skips the fhirpy peer
   BENCH_REST_PROFILE     the server profile the sweep uses (default hapi: sekmet-fhir honours
                          the `code:not` the hapi profile sends on Conditions; `generic` sends none)
+  BENCH_MAX_CONCURRENT   the sweep's max_concurrent (default: the site file's default, 4)
   BENCH_FHIR_URL         an already running server holding the one dataset of BENCH_REST_DATA
                          (nothing is started, loaded or stopped)
 """
@@ -81,6 +82,9 @@ LOAD_BATCH = int(os.environ.get("BENCH_LOAD_BATCH", "2000"))
 DATASETS = os.environ.get("BENCH_REST_DATA", "synthea-615,2000")
 FHIRPY = os.environ.get("BENCH_FHIRPY", "1") != "0"
 PROFILE = os.environ.get("BENCH_REST_PROFILE", "hapi")
+#: the sweep's `max_concurrent` (default: ServerConfig's); 1 suits a server that answers one
+#: request at a time, as sekmet does (requests then never wait on each other at the server)
+MAX_CONCURRENT = os.environ.get("BENCH_MAX_CONCURRENT")
 EXTERNAL_URL = os.environ.get("BENCH_FHIR_URL")
 TRIALS = (T2DM, HCC)
 TARGET_SWEEP = 1.05
@@ -312,6 +316,8 @@ def rest_sweep(base: str, trial: Trial, as_of: date) -> RestRun:
         with recorder.installed():
             start = time.perf_counter()
             config = ServerConfig(profile=PROFILE)
+            if MAX_CONCURRENT:
+                config = ServerConfig(profile=PROFILE, max_concurrent=int(MAX_CONCURRENT))
             profile = resolve_profile(config, None, None)
             async with open_source(
                 base, config, env={}, say=lambda _m: None, profile=profile
@@ -657,6 +663,7 @@ def main() -> int:
         "versions": common.versions(),
         "targets_issue": 15,
         "profile": PROFILE,
+        "max_concurrent": int(MAX_CONCURRENT) if MAX_CONCURRENT else ServerConfig().max_concurrent,
         "loads": [],
         "rows": [],
         "notes": [],
