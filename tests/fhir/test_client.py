@@ -20,6 +20,7 @@ from adapter.errors import (
     UntrustedUrlError,
 )
 from adapter.fhir.client import FhirClient
+from adapter.fhir.limits import Limits
 from adapter.fhir.outcome import outcome_text
 from adapter.fhir.urls import ServerBase, is_trusted
 
@@ -309,3 +310,34 @@ def test_request_raises_on_error_status() -> None:
     with pytest.raises(HttpStatusError, match="HTTP 412: error/processing") as caught:
         run(lambda c: c.request("PUT", "ResearchStudy/s1", json={}))
     assert caught.value.detail == "version conflict"
+
+
+@respx.mock
+def test_a_request_waiting_for_the_slot_leaves_before_the_last_answer_is_handled() -> None:
+    """With one slot, the second search is sent as soon as the first answer is read, before the
+    first caller handles it: the server works while this side parses (issue 15)."""
+    events: list[str] = []
+
+    def answer(name: str) -> Any:
+        def respond(request: httpx.Request) -> httpx.Response:
+            events.append(f"{name} sent")
+            return httpx.Response(200, json={"resourceType": "Bundle"})
+
+        return respond
+
+    respx.get(f"{BASE}/Patient").mock(side_effect=answer("Patient"))
+    respx.get(f"{BASE}/Condition").mock(side_effect=answer("Condition"))
+
+    async def search(client: FhirClient, kind: str) -> None:
+        await client.get_json(kind)
+        events.append(f"{kind} handled")
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE, limits=Limits(max_concurrent=1))
+            async with asyncio.TaskGroup() as group:
+                group.create_task(search(client, "Patient"))
+                group.create_task(search(client, "Condition"))
+
+    asyncio.run(main())
+    assert events == ["Patient sent", "Condition sent", "Patient handled", "Condition handled"]
