@@ -162,25 +162,29 @@ def test_the_cohort_search_keeps_what_a_code_not_search_may_leave_out() -> None:
 
 
 class ServerLike(Recording):
-    """The demo folder read as a server reads (`reads.mode` batch): the Patient search holds its
-    first resource back until the Observation search has started, as a slow server would."""
+    """The demo folder read as a server reads (`reads.mode` batch): the Observation search holds
+    its first resource back until the Patient search has started, as a slow server would."""
 
     def __init__(self) -> None:
         super().__init__(honour_exclude=False)
         self.reads = ReadNotes(mode="batch")
         self.observations_started = asyncio.Event()
+        self.patients_started = asyncio.Event()
+        self.asked: list[str] = []
 
     async def fetch(self, query: Query) -> AsyncIterator[Resource]:
+        self.asked.append(query.resource_type)
         if query.resource_type == "Observation":
             self.observations_started.set()
+            await self.patients_started.wait()
         elif query.resource_type == "Patient" and query.patients is not None:
-            await self.observations_started.wait()
+            self.patients_started.set()
         async for res in super().fetch(query):
             yield res
 
 
 def test_a_servers_searches_run_at_once_and_give_the_verdicts_of_one_after_another() -> None:
-    """One after another, the Patient search would wait for the Observation search for ever."""
+    """One after another, the Observation search would wait for the Patient search for ever."""
 
     async def concurrent():  # type: ignore[no-untyped-def]
         return await asyncio.wait_for(run_sweep(load_trial(HCC), ServerLike(), AS_OF), 30)
@@ -190,6 +194,22 @@ def test_a_servers_searches_run_at_once_and_give_the_verdicts_of_one_after_anoth
     assert _statuses(at_once) == _statuses(in_turn)
     assert list(at_once.verdicts) == list(in_turn.verdicts)
     assert at_once.stats == in_turn.stats
+
+
+def test_a_servers_longest_search_is_asked_first_and_a_folders_last() -> None:
+    """The Observation search is the long one on a server: its pages are handled here while the
+    server answers the others. A folder keeps its order of stages."""
+    server, folder = ServerLike(), Recording(honour_exclude=False)
+    asyncio.run(run_sweep(load_trial(HCC), server, AS_OF))
+    _sweep(folder)
+    cohort = 1  # the cohort's Condition search comes before the reads
+    assert server.asked[cohort] == "Observation"
+    assert [q.resource_type for q in folder.queries[cohort:]] == [
+        "Patient",
+        "Condition",
+        "Procedure",
+        "Observation",
+    ]
 
 
 class FailingServer(ServerLike):
