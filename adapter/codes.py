@@ -60,14 +60,24 @@ class CodeSet:
     _exact_out: frozenset[Coding] = field(init=False, repr=False, compare=False)
     _icd_in: tuple[CodePattern, ...] = field(init=False, repr=False, compare=False)
     _icd_out: tuple[CodePattern, ...] = field(init=False, repr=False, compare=False)
+    #: answers given so far: a sweep asks about the same few hundred codes for every patient
+    #: and criterion, and an ICD answer costs a walk over the patterns
+    _known: dict[Coding, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for side, patterns in (("in", self.include), ("out", self.exclude)):
             exact = frozenset(Coding(p.system, p.text) for p in patterns if p.kind == "exact")
             object.__setattr__(self, f"_exact_{side}", exact)
             object.__setattr__(self, f"_icd_{side}", tuple(p for p in patterns if p.kind == "icd"))
+        object.__setattr__(self, "_known", {})
 
     def matches(self, coding: Coding) -> bool:
+        known = self._known.get(coding)
+        if known is None:
+            known = self._known[coding] = self._matches(coding)
+        return known
+
+    def _matches(self, coding: Coding) -> bool:
         included = coding in self._exact_in or any(p.matches(coding) for p in self._icd_in)
         return (
             included
