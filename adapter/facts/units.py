@@ -73,6 +73,12 @@ def _pure_annotation_or_one(ucum: str) -> bool:
     return ucum.strip() == "1" or PURE_ANNOTATIONS.fullmatch(ucum.strip()) is not None
 
 
+#: (source, target, unit as shown, canonical unit, how it was read, synonym's mapping file)
+_Reading = tuple[Unit, Unit, str, str, str, str | None]
+#: readings `Units.normalise` keeps before it starts again
+_READINGS_KEPT = 4096
+
+
 class Units:
     """Reads units (UCUM code, else unit text through the synonyms) and converts values.
 
@@ -97,6 +103,9 @@ class Units:
             # exact lookup.
             folded[fold] = ucum if folded.get(fold, ucum) == ucum else None
         self._folded = {text: ucum for text, ucum in folded.items() if ucum is not None}
+        self._readings: dict[
+            tuple[str, str | None, str | None, str | None, bool], _Reading | str | Unconvertible
+        ] = {}
 
     @classmethod
     def load(cls, synonyms_file: Path) -> Units:
@@ -172,16 +181,39 @@ class Units:
         unit only when that is a pure annotation or 1 (`{INR}`). Mass <-> substance needs
         `molar_mass` (g/mol); `iu_as_u` takes [IU] as U. An invalid `to` is a ValueError.
         """
+        key = (to, code, system, unit, iu_as_u)
+        reading = self._readings.get(key)
+        if reading is None:
+            reading = self._reading(to, code, system, unit, iu_as_u)
+            if len(self._readings) >= _READINGS_KEPT:
+                self._readings.clear()  # unit spellings are few; a flood of them is not kept
+            self._readings[key] = reading
+        if isinstance(reading, Unconvertible):
+            return reading
+        if isinstance(reading, str):  # no unit, and the canonical unit is a ratio
+            if not math.isfinite(value):
+                return Unconvertible("the value is not a finite number")
+            via = f"no unit; ratio taken as {reading}"
+            return Normalised(_round(float(value)), reading, comparator, via)
+        source, target, shown, canonical, via, origin = reading
+        converted = _convert(value, source, target, shown, canonical, molar_mass)
+        if isinstance(converted, Unconvertible):
+            return converted
+        return Normalised(converted, canonical, comparator, via, origin)
+
+    def _reading(
+        self, to: str, code: str | None, system: str | None, unit: str | None, iu_as_u: bool
+    ) -> _Reading | str | Unconvertible:
+        """How `normalise` reads a unit, whatever the value: the units to convert between and
+        how they were read; the canonical unit when there is no unit and it is a ratio; or why
+        not. The same every time for the same unit, so `normalise` keeps it."""
         canonical = to.strip()
         target = _target(canonical, iu_as_u)
         read = self._read(code, system, unit)
         if read is None:
             if not _pure_annotation_or_one(canonical):
                 return Unconvertible("no unit")
-            if not math.isfinite(value):
-                return Unconvertible("the value is not a finite number")
-            via = f"no unit; ratio taken as {canonical}"
-            return Normalised(_round(float(value)), canonical, comparator, via)
+            return canonical
         if isinstance(read, Unconvertible):
             return read
         ucum, via, shown = read
@@ -195,11 +227,8 @@ class Units:
         if iu_as_u and bool(_IU.search(ucum)) != bool(_IU.search(canonical)):
             # the analyte's policy: enzymes take [IU] as U, hCG takes U as [IU]
             via += "; [IU] taken as U" if _IU.search(ucum) else "; U taken as [IU]"
-        converted = _convert(value, source, target, shown, canonical, molar_mass)
-        if isinstance(converted, Unconvertible):
-            return converted
         origin = self.synonym_origin(unit) if unit and via.startswith("unit text") else None
-        return Normalised(converted, canonical, comparator, via, origin)
+        return source, target, shown, canonical, via, origin
 
     def reads_as(
         self, *, code: str | None, system: str | None, unit: str | None
