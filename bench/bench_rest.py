@@ -17,7 +17,8 @@ never in a ratio). Then, for each trial on its own, as medians of BENCH_RUNS run
     subject is one): the waste of fetching other patients' resources, or the same ones twice;
   - the peer: fhirpy, in its own venv (bench/.venv-fhirpy, made by `make bench-rest`), running
     the same searches (the sweep's first pages, without `_summary=count`; it follows the next
-    links itself), medians of BENCH_RUNS in its own process;
+    links itself) in its own process (its start-up untimed), once after each sweep and its
+    replay, so that the three meet the same server; medians of BENCH_RUNS;
   - the same sweep from the folder source, which must agree with the REST sweep (cohort,
     per-patient statuses, errors, Patients and Conditions read, Observations used and
     unusable); a difference is a WARNING and exit status 1, as is an hcc patient of a generated
@@ -427,7 +428,9 @@ print(json.dumps({"seconds": statistics.median(times), "runs": times, "resources
 """
 
 
-def fhirpy_peer(base: str, searches: list[dict[str, Any]]) -> dict[str, Any] | None:
+def fhirpy_peer(
+    base: str, searches: list[dict[str, Any]], runs: int = RUNS
+) -> dict[str, Any] | None:
     if not FHIRPY or not searches:
         return None
     if not FHIRPY_PYTHON.is_file():
@@ -437,7 +440,7 @@ def fhirpy_peer(base: str, searches: list[dict[str, Any]]) -> dict[str, Any] | N
         json.dump(searches, f)
         f.flush()
         done = subprocess.run(
-            [str(FHIRPY_PYTHON), "-c", FHIRPY_PEER, base, f.name, str(RUNS)],
+            [str(FHIRPY_PYTHON), "-c", FHIRPY_PEER, base, f.name, str(runs)],
             capture_output=True,
             text=True,
             check=False,
@@ -516,9 +519,15 @@ def measure(base: str, data: Dataset) -> tuple[list[dict[str, Any]], list[str], 
         expected = summary(folder_sweep(data.folder, trial, as_of))
         sweeps: list[RestRun] = []
         replays: list[float] = []
+        peers: list[dict[str, Any]] = []
+        # Interleaved, a round at a time: the server's pace drifts over minutes (its caches,
+        # its memory), and a peer measured after all the sweeps would meet another server.
         for _ in range(RUNS):
             sweeps.append(rest_sweep(base, trial, as_of))
             replays.append(replay(sweeps[-1].sweep_exchanges))
+            peer_run = fhirpy_peer(base, first_page_searches(sweeps[-1]), runs=1)
+            if peer_run is not None:
+                peers.append(peer_run)
         for run in sweeps:
             warnings += compare(f"{data.name}, {trial_id}", summary(run.result), expected)
         ordered = sorted(sweeps, key=lambda r: r.sweep_seconds)
@@ -532,7 +541,10 @@ def measure(base: str, data: Dataset) -> tuple[list[dict[str, Any]], list[str], 
         sweep_s = common.median([r.sweep_seconds for r in sweeps])
         replay_s = common.median(replays)
         got = fetched(typical)
-        peer = fhirpy_peer(base, first_page_searches(typical))
+        peer = None
+        if peers:
+            runs = [t for p in peers for t in p["runs"]]
+            peer = {**peers[0], "seconds": common.median(runs), "runs": runs}
         rows.append(
             {
                 "dataset": data.name,
