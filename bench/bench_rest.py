@@ -40,6 +40,9 @@ Environment:
   BENCH_MAX_CONCURRENT   the sweep's max_concurrent (default: the site file's default, 4)
   BENCH_FHIR_URL         an already running server holding the one dataset of BENCH_REST_DATA
                          (nothing is started, loaded or stopped)
+  BENCH_LATENCY_MS       milliseconds each way between every client and the server (default 0):
+                         a proxy (bench/latency.py) that holds each chunk back, as a network
+                         would; loading goes around it
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ import generate
 import httpx
 import orjson
 from common import HCC, T2DM
+from latency import DelayProxy
 
 from adapter.config import ServerConfig
 from adapter.connect import open_source, resolve_profile
@@ -87,6 +91,7 @@ PROFILE = os.environ.get("BENCH_REST_PROFILE", "hapi")
 #: request at a time, as sekmet does (requests then never wait on each other at the server)
 MAX_CONCURRENT = os.environ.get("BENCH_MAX_CONCURRENT")
 EXTERNAL_URL = os.environ.get("BENCH_FHIR_URL")
+LATENCY_MS = float(os.environ.get("BENCH_LATENCY_MS", "0"))
 TRIALS = (T2DM, HCC)
 TARGET_SWEEP = 1.05
 TARGET_FETCHED = 1.05
@@ -509,7 +514,25 @@ def breakdown(run: RestRun) -> list[str]:
 # ---------------------------------------------------------------- measuring
 
 
+@contextlib.contextmanager
+def far(base: str) -> Iterator[str]:
+    """`base` itself, or with BENCH_LATENCY_MS the same server through a `DelayProxy`."""
+    if not LATENCY_MS:
+        yield base
+        return
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    with DelayProxy(host, port, delay=LATENCY_MS / 1000) as proxy_port:
+        say(f"every exchange {LATENCY_MS:g} ms each way further (bench/latency.py)")
+        yield f"http://127.0.0.1:{proxy_port}{parts.path}"
+
+
 def measure(base: str, data: Dataset) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    with far(base) as reached:
+        return _measure(reached, data)
+
+
+def _measure(base: str, data: Dataset) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     warnings: list[str] = []
@@ -613,7 +636,8 @@ def render(doc: dict[str, Any]) -> str:
         f"average at start {m['load_average']}; "
         + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
         + f"; main at {doc['git']} (and the working tree as it was); runs {RUNS}; "
-        f"server profile {doc.get('profile', 'generic')}."
+        f"server profile {doc.get('profile', 'generic')}; max_concurrent "
+        f"{doc.get('max_concurrent')}; latency each way {doc.get('latency_ms_each_way', 0):g} ms."
     ]
     parts += [
         f"Load ({d['dataset']}): {d['resources']:,} resources in {d['seconds']:.0f} s "
@@ -676,6 +700,7 @@ def main() -> int:
         "targets_issue": 15,
         "profile": PROFILE,
         "max_concurrent": int(MAX_CONCURRENT) if MAX_CONCURRENT else ServerConfig().max_concurrent,
+        "latency_ms_each_way": LATENCY_MS,
         "loads": [],
         "rows": [],
         "notes": [],
@@ -710,6 +735,10 @@ def main() -> int:
     # A run of other datasets than the default ones is named after them: it measures less.
     default = DATASETS == "synthea-615,2000"
     suffix = "-rest" if default else "-rest-" + DATASETS.replace(",", "-").replace(" ", "")
+    if MAX_CONCURRENT:
+        suffix += f"-mc{MAX_CONCURRENT}"
+    if LATENCY_MS:
+        suffix += f"-{LATENCY_MS:g}ms"
     path = common.save_results(doc, suffix)
     print(f"\nsaved {path.relative_to(ROOT)}; whole run {doc['whole_run_seconds']} s")
     return 1 if doc["warnings"] else 0
