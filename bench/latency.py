@@ -124,7 +124,12 @@ class DelayProxy:
                     break
             await sender
         except (OSError, asyncio.IncompleteReadError):
-            sender.cancel()
+            pass
+        finally:  # also when the connection is cancelled: no task outlives the proxy's loop
+            if not sender.done():
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await sender
 
     def _rewritten(self, data: bytes) -> tuple[bytes, bytes]:
         """`data` with the server's address replaced, and a tail held back that may be the
