@@ -28,8 +28,15 @@ from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
 from adapter.spill import ResourceSpill
+from adapter.sweep_batches import read_and_evaluate
 from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
-from adapter.sweep_stages import Kept, code_skipped, evaluate_cohort, read_cohort
+from adapter.sweep_stages import (
+    Kept,
+    code_skipped,
+    evaluate_cohort,
+    hold_unreadable,
+    read_cohort,
+)
 from adapter.trials import Trial
 
 __all__ = [
@@ -234,10 +241,10 @@ async def run_sweep(
         ids = set(only)
     elif cohort is None or cohort.kind == "search":
         ids, kept = await _cohort_search(trial, source, as_of, stats)
-        _hold(held, source.unreadable, None)
+        hold_unreadable(held, source.unreadable, None)
     else:
         ids, read_already = await _members_in_cohort(trial, source, as_of, cohort, result, track)
-        _hold(held, source.unreadable, None)
+        hold_unreadable(held, source.unreadable, None)
     say(f"cohort: {len(ids)} patients")
     track.advance(len(ids))
     if not ids:
@@ -245,35 +252,40 @@ async def run_sweep(
         _hold_back(result, held)
         _note_source(result, source)
         return result
-    with ResourceSpill() as spill:
-        await read_cohort(
-            trial, source, frozenset(ids), kept, read_already is None, spill, stats, track, say
-        )
-        _hold(held, source.unreadable, frozenset(ids))
-        evaluate_cohort(
+    if source.reads.mode != "files":
+        # From a server, a batch at a time: each evaluated while the next ones are read.
+        await read_and_evaluate(
             result,
-            spill,
+            source,
             sorted(ids),
+            kept,
             held,
             read_already,
             only=only,
             mrn_system=mrn_system,
             track=track,
+            say=say,
         )
+    else:
+        with ResourceSpill() as spill:
+            await read_cohort(
+                trial, source, frozenset(ids), kept, read_already is None, spill, stats, track, say
+            )
+            hold_unreadable(held, source.unreadable, frozenset(ids))
+            evaluate_cohort(
+                result,
+                spill,
+                sorted(ids),
+                held,
+                read_already,
+                only=only,
+                mrn_system=mrn_system,
+                track=track,
+            )
     track.done()
     _hold_back(result, held)
     _note_source(result, source)
     return result
-
-
-def _hold(
-    held: dict[str, UnreadableItem], items: list[UnreadableItem], among: frozenset[str] | None
-) -> None:
-    """Add to `held` each patient (`among` them, or any) an unreadable item surely names, with
-    the first such item."""
-    for item in items:
-        if item.patient is not None and (among is None or item.patient in among):
-            held.setdefault(item.patient, item)
 
 
 def _hold_back(result: SweepResult, held: dict[str, UnreadableItem]) -> None:

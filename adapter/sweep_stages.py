@@ -54,9 +54,10 @@ async def read_cohort(
     stats: Counter[str],
     track: Tracker,
     say: Progress,
-) -> None:
+) -> int:
     """Every resource the criteria need of the `wanted` patients, into `spill`: their Patient,
-    and their Conditions, Procedures and Observations where a criterion reads them.
+    and their Conditions, Procedures and Observations where a criterion reads them. Returns how
+    many of them have a Patient.
 
     `kept` are Conditions the cohort search returned: the Condition read asks the source to
     leave them out (`exclude_codes`), and takes each once whether it does or not.
@@ -89,6 +90,7 @@ async def read_cohort(
         raise
     if warm is not None:
         await warm
+    return reader.found
 
 
 async def _read_all(
@@ -132,6 +134,7 @@ class _Reader:
     ) -> None:
         self.source, self.wanted, self.spill = source, wanted, spill
         self.stats, self.track, self.say = stats, track, say
+        self.found = 0
         # One type after another (a folder): each its own progress stage.
         self.staged = source.reads.mode == "files"
 
@@ -149,7 +152,8 @@ class _Reader:
             if pid in self.wanted:
                 found.add(pid)
                 self.spill.add(pid, Kind.PATIENT, res)
-        self.say(f"patients read: {len(found)}")
+        self.found = len(found)
+        self.say(f"patients read: {self.found}")
 
     async def conditions(self, trial: Trial, kept: dict[str, list[Kept]]) -> None:
         self._stage("Condition")
@@ -213,6 +217,16 @@ class _Reader:
         self.say(f"observations read: {stats['Observation']}")
 
 
+def hold_unreadable(
+    held: dict[str, UnreadableItem], items: list[UnreadableItem], among: frozenset[str] | None
+) -> None:
+    """Add to `held` each patient (`among` them, or any) an unreadable item surely names, with
+    the first such item."""
+    for item in items:
+        if item.patient is not None and (among is None or item.patient in among):
+            held.setdefault(item.patient, item)
+
+
 def code_skipped(source: Source, resource_type: str) -> int:
     counts: Counter[str] | None = getattr(source, "code_skipped", None)
     return counts[resource_type] if counts is not None else 0
@@ -232,13 +246,16 @@ def evaluate_cohort(
     only: frozenset[str] | None,
     mrn_system: str | None,
     track: Tracker,
+    staged: bool = True,
 ) -> None:
     """Build each of `ids`' facts from the spill and evaluate them, one patient at a time, in id
-    order; patients in `held` have their labs counted but are not evaluated."""
+    order; patients in `held` have their labs counted but are not evaluated. `staged`: the
+    evaluation is a progress stage of its own (else the caller's stage counts the patients)."""
     trial, as_of = result.trial, result.as_of
     builder = _builder(trial)
     manual = [(m.id, m.description) for m in trial.manual]
-    track.stage("evaluation", sum(1 for pid in ids if pid not in held))
+    if staged:
+        track.stage("evaluation", sum(1 for pid in ids if pid not in held))
     groups = spill.by_patient()
     pending = next(groups, None)
     for pid in ids:
