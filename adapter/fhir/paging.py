@@ -12,6 +12,10 @@ base, even where the client would trust another origin (a Bulk file server) with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import types
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,7 +24,7 @@ from adapter.fhir.outcome import coded_issues, outcome_text
 from adapter.fhir.resource_types import shown_type
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
     from adapter.fhir.client import FhirClient, JsonObject, Params
     from adapter.fhir.limits import SearchLimits
@@ -72,12 +76,15 @@ async def iter_pages(
     stats: SearchStats | None = None,
     limits: SearchLimits | None = None,
     started: float | None = None,
-) -> AsyncIterator[JsonObject]:
+    prefetch: bool = False,
+) -> AsyncGenerator[JsonObject, None]:
     """The resources of an already fetched first page (of a POST search), then of the rest.
 
     A resource whose (resourceType, id) is in `seen` is skipped; those yielded are added to it.
     `limits` (default: the client's) bound the pages, the first one included, and the time
     since `started` on the client's clock (default: now), checked before each next page.
+    `prefetch` asks for the next page before handing on this one's resources: for a caller that
+    reads to the end (a caller that stops early may have had one page more asked for).
     """
     this_search: set[ResourceKey] = set()
     keys = this_search if seen is None else seen
@@ -87,36 +94,82 @@ async def iter_pages(
     begun = client.clock() if started is None else started
     read = {first_url}
     page, url = first_page, first_url
-    while True:
-        counts.pages += 1
-        for resource, is_match in _resources(page, url):
-            key = _key(resource)
-            repeat = key is not None and key in this_search
-            if is_match:
-                counts.matches += 1
-                counts.distinct += not repeat
-            if key is not None:
-                if repeat or key in keys:
-                    continue
-                this_search.add(key)
-                keys.add(key)
-            yield resource
-        link = next_link(page, url)
-        if link is None:
-            return
-        target = client.resolve(link)
-        # Next links must stay on the server's base: no extra origins, credentials go with them.
-        if not client.base.contains(target):
-            raise UntrustedUrlError(
-                "Bundle next link is outside the configured FHIR server", url=target
-            )
-        if target in read:
-            raise InvalidResponseError(
-                "Bundle next links loop back to a page already read", url=target
-            )
-        _check_limits(limit, len(read), client.clock() - begun, target)
-        read.add(target)
-        page, url = await client.get_json(target), target
+    coming: asyncio.Future[JsonObject] | None = None
+    try:
+        while True:
+            counts.pages += 1
+            # With `prefetch`, the next page is asked for before this one is handed on (issue
+            # 15): the server works on it while the caller handles this one.
+            try:
+                target, refused = _next_target(client, page, url, read, limit, begun), None
+            except (UntrustedUrlError, InvalidResponseError, LimitExceededError) as exc:
+                target, refused = None, exc  # raised once this page is handed on, as before
+            if target is not None:
+                read.add(target)
+                if prefetch:
+                    coming = asyncio.ensure_future(client.get_json(target))
+                    await _pass_turn()  # it may leave now
+            for n, (resource, is_match) in enumerate(_resources(page, url), 1):
+                if n % _TURN_EVERY == 0:
+                    # Now and then, other searches may read their answers and send requests.
+                    await _pass_turn()
+                key = _key(resource)
+                repeat = key is not None and key in this_search
+                if is_match:
+                    counts.matches += 1
+                    counts.distinct += not repeat
+                if key is not None:
+                    if repeat or key in keys:
+                        continue
+                    this_search.add(key)
+                    keys.add(key)
+                yield resource
+            if refused is not None:
+                raise refused
+            if target is None:
+                return
+            page = await (coming if coming is not None else client.get_json(target))
+            url, coming = target, None
+    finally:
+        if coming is not None and not coming.done():
+            coming.cancel()  # the caller stopped early, or failed: the page is not wanted
+            with contextlib.suppress(BaseException):
+                await coming
+
+
+#: resources handed on between two turns of the event loop
+_TURN_EVERY = 200
+
+
+def _next_target(
+    client: FhirClient,
+    page: JsonObject,
+    url: str,
+    read: set[str],
+    limit: SearchLimits,
+    begun: float,
+) -> str | None:
+    """The page after `page`, checked: on the server's base, not read already, within the
+    limits; None when there is none."""
+    link = next_link(page, url)
+    if link is None:
+        return None
+    target = client.resolve(link)
+    # Next links must stay on the server's base: no extra origins, credentials go with them.
+    if not client.base.contains(target):
+        raise UntrustedUrlError(
+            "Bundle next link is outside the configured FHIR server", url=target
+        )
+    if target in read:
+        raise InvalidResponseError("Bundle next links loop back to a page already read", url=target)
+    _check_limits(limit, len(read), client.clock() - begun, target)
+    return target
+
+
+@types.coroutine
+def _pass_turn() -> Generator[None, None, None]:
+    """One turn of the event loop to the tasks that are ready."""
+    yield
 
 
 def _check_limits(limits: SearchLimits, pages: int, elapsed: float, url: str) -> None:

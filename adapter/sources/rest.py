@@ -397,8 +397,12 @@ class RestSource:
                         yield resource
                 return
         stats = SearchStats()
-        async for resource in iter_pages(self.client, page, url, seen=seen, stats=stats):
-            yield resource
+        # The next page is asked for while this side handles the last (closed here, so that a
+        # fetch stopped early cancels it).
+        pages = iter_pages(self.client, page, url, seen=seen, stats=stats, prefetch=True)
+        async with aclosing(pages) as resources:
+            async for resource in resources:
+                yield resource
         # A total is the server's own word (and HAPI's cut point is not always the cap exactly);
         # without one, a result set that reached the cap is taken as cut.
         if stats.total is not None:

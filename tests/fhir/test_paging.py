@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -321,3 +322,79 @@ def test_stats_total_is_the_first_pages_count_when_it_is_one(total: Any, read: i
     stats = SearchStats()
     collect_with(stats=stats)
     assert stats.total == read
+
+
+def _paged(prefetch: bool, stop_after: int | None = None) -> list[str]:
+    """Events of reading three pages from a page in hand: each page asked for, each resource
+    handed on; `stop_after` resources, then the caller stops."""
+    events: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["_getpagesoffset"])
+        events.append(f"asked {offset}")
+        more = page_url(offset + 2) if offset < 4 else None
+        return httpx.Response(200, json=bundle([str(offset + 1), str(offset + 2)], next_url=more))
+
+    async def main() -> None:
+        with respx.mock:
+            respx.get(BASE).mock(side_effect=answer)
+            async with httpx.AsyncClient() as http:
+                client = FhirClient(http, BASE)
+                first = bundle(["a", "b"], next_url=page_url(2))
+                pages = iter_pages(client, first, f"{BASE}/Observation/_search", prefetch=prefetch)
+                async with contextlib.aclosing(pages) as resources:
+                    async for resource in resources:
+                        events.append(f"handed {resource['id']}")
+                        await asyncio.sleep(0)  # the caller's work, during which others may run
+                        if stop_after is not None and len(events) >= stop_after:
+                            break
+
+    asyncio.run(main())
+    return events
+
+
+def test_with_prefetch_the_next_page_is_asked_for_before_this_one_is_handed_on() -> None:
+    events = _paged(prefetch=True)
+    # asked while the caller handles the page before it
+    assert events.index("asked 2") < events.index("handed b")
+    assert events.index("asked 4") < events.index("handed 4")
+    assert [e for e in events if e.startswith("handed")] == [
+        "handed a", "handed b", "handed 3", "handed 4", "handed 5", "handed 6"
+    ]  # fmt: skip
+
+
+def test_without_prefetch_a_page_is_asked_for_when_the_last_one_is_handed_on() -> None:
+    events = _paged(prefetch=False)
+    assert events.index("handed b") < events.index("asked 2")
+
+
+def test_a_caller_that_stops_early_leaves_no_page_request_running() -> None:
+    """At most the one page after the last read is asked for, and it is cancelled or done."""
+    events = _paged(prefetch=True, stop_after=2)
+    assert "asked 4" not in events
+
+
+@respx.mock
+def test_a_long_page_lets_other_tasks_run_while_it_is_handed_on() -> None:
+    """A page of 1,000 resources handed on without awaiting: others still get turns."""
+    ids = [str(n) for n in range(1000)]
+    turns: list[int] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            client = FhirClient(http, BASE)
+            handed = 0
+
+            async def other() -> None:
+                while handed < len(ids):
+                    turns.append(handed)
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.ensure_future(other())
+            await asyncio.sleep(0)
+            async for _resource in iter_pages(client, bundle(ids), f"{BASE}/Observation"):
+                handed += 1
+            await watcher
+
+    asyncio.run(main())
+    assert any(0 < n < len(ids) for n in turns)
