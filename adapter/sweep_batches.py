@@ -12,9 +12,7 @@ on their way wait on disk (issue 15).
 from __future__ import annotations
 
 import asyncio
-import types
 from collections import deque
-from collections.abc import Generator
 
 from adapter.facts.model import ConditionFact
 from adapter.progress import NoProgress
@@ -23,6 +21,7 @@ from adapter.sources.base import Source, UnreadableItem
 from adapter.spill import ResourceSpill
 from adapter.sweep_result import SweepResult
 from adapter.sweep_stages import Kept, Progress, evaluate_cohort, hold_unreadable, read_cohort
+from adapter.turns import pass_turn
 
 #: patients a batch when the source does not say (its `batch_size`)
 DEFAULT_BATCH = 100
@@ -86,7 +85,7 @@ async def read_and_evaluate(
             reading.popleft()
             with spill:
                 start()
-                await _pass_turn()  # the next batch's first requests leave before the work here
+                await pass_turn()  # the next batch's first requests leave before the work here
                 hold_unreadable(held, source.unreadable, frozenset(batch))
                 evaluate_cohort(
                     result,
@@ -107,9 +106,3 @@ async def read_and_evaluate(
             spill.close()
     say(f"patients read: {found}")
     say(f"observations read: {result.stats['Observation']}")
-
-
-@types.coroutine
-def _pass_turn() -> Generator[None, None, None]:
-    """One turn of the event loop to the tasks that are ready."""
-    yield

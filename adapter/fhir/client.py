@@ -17,8 +17,7 @@ import random
 import re
 import ssl
 import time
-import types
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -48,6 +47,7 @@ from adapter.fhir.limits import (
 )
 from adapter.fhir.outcome import status_error
 from adapter.fhir.urls import ServerBase, origin_of, parse_url, within
+from adapter.turns import pass_turn
 
 log = logging.getLogger(__name__)
 
@@ -391,15 +391,8 @@ class FhirClient:
             raise InvalidResponseError("response body could not be decoded", url=url) from exc
         # The slot is free: a request waiting for it leaves now, before this answer is parsed
         # and handled here, so the server works on it meanwhile (issue 15).
-        await _pass_turn()
+        await pass_turn()
         return response
-
-
-@types.coroutine
-def _pass_turn() -> Generator[None, None, None]:
-    """One turn of the event loop to the tasks that are ready (what `asyncio.sleep(0)` does,
-    without being a wait that tests of the retry waits would record)."""
-    yield
 
 
 def log_retry(

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapter.errors import InvalidResponseError, LimitExceededError, UntrustedUrlError
 from adapter.fhir.outcome import coded_issues, outcome_text
 from adapter.fhir.resource_types import shown_type
+from adapter.turns import pass_turn
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -108,11 +107,11 @@ async def iter_pages(
                 read.add(target)
                 if prefetch:
                     coming = asyncio.ensure_future(client.get_json(target))
-                    await _pass_turn()  # it may leave now
+                    await pass_turn()  # it may leave now
             for n, (resource, is_match) in enumerate(_resources(page, url), 1):
                 if n % _TURN_EVERY == 0:
                     # Now and then, other searches may read their answers and send requests.
-                    await _pass_turn()
+                    await pass_turn()
                 key = _key(resource)
                 repeat = key is not None and key in this_search
                 if is_match:
@@ -164,12 +163,6 @@ def _next_target(
         raise InvalidResponseError("Bundle next links loop back to a page already read", url=target)
     _check_limits(limit, len(read), client.clock() - begun, target)
     return target
-
-
-@types.coroutine
-def _pass_turn() -> Generator[None, None, None]:
-    """One turn of the event loop to the tasks that are ready."""
-    yield
 
 
 def _check_limits(limits: SearchLimits, pages: int, elapsed: float, url: str) -> None:
