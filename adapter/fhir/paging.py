@@ -13,7 +13,6 @@ base, even where the client would trust another origin (a Bulk file server) with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -131,9 +130,16 @@ async def iter_pages(
             url, coming = target, None
     finally:
         if coming is not None and not coming.done():
-            coming.cancel()  # the caller stopped early, or failed: the page is not wanted
-            with contextlib.suppress(BaseException):
-                await coming
+            # The caller stopped early, or failed: the page is not wanted. Not awaited, so that
+            # a cancellation of the caller itself is never swallowed here.
+            coming.cancel()
+            coming.add_done_callback(_retrieved)
+
+
+def _retrieved(done: asyncio.Future[JsonObject]) -> None:
+    """Take a dropped page's outcome, so that asyncio does not log it as never retrieved."""
+    if not done.cancelled():
+        done.exception()
 
 
 #: resources handed on between two turns of the event loop
