@@ -24,6 +24,7 @@ from adapter.cohorts import CohortSpec, read_members
 from adapter.criteria.evaluate import in_cohort
 from adapter.facts.extract import codings, condition_fact, reference_of
 from adapter.facts.model import Coding, ConditionFact, PatientFacts, PatientInfo
+from adapter.gathered_facts import gathered
 from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
@@ -32,6 +33,7 @@ from adapter.sweep_batches import read_and_evaluate
 from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
 from adapter.sweep_stages import (
     Kept,
+    building,
     code_skipped,
     evaluate_cohort,
     hold_unreadable,
@@ -274,12 +276,11 @@ async def run_sweep(
             hold_unreadable(held, source.unreadable, frozenset(ids))
             evaluate_cohort(
                 result,
-                spill,
+                gathered(spill.by_patient(), building(result, mrn_system)),
                 sorted(ids),
                 held,
                 read_already,
                 only=only,
-                mrn_system=mrn_system,
                 track=track,
             )
     track.done()

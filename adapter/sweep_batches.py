@@ -5,8 +5,9 @@ the whole cohort after its last answer is work that nothing hides: at 2,000 pati
 of a second of facts and verdicts after the server has done its part. Read a batch of
 patients at a time instead (the source's own search batch, so the requests are the same),
 with up to `concurrency` batches on their way, and evaluate each as soon as it is read, in id
-order. Only the last batch's evaluation is left after the last answer, and only the batches
-on their way wait on disk (issue 15).
+order. A batch's facts are built as its resources come (`GatheredFacts`), so only the last
+batch's verdicts, and the facts of its last answer, are left after the last answer; and only the
+batches on their way are held, in memory (issue 15).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import asyncio
 from collections import deque
 
 from adapter.facts.model import ConditionFact
+from adapter.gathered_facts import GatheredFacts
 from adapter.progress import NoProgress
 from adapter.progress import Progress as Tracker
 from adapter.sources.base import Source, UnreadableItem
-from adapter.spill import ResourceSpill
 from adapter.sweep_result import SweepResult
-from adapter.sweep_stages import Kept, Progress, evaluate_cohort, hold_unreadable, read_cohort
+from adapter.sweep_stages import (
+    Kept,
+    Progress,
+    building,
+    evaluate_cohort,
+    hold_unreadable,
+    read_cohort,
+)
 from adapter.turns import pass_turn
 
 #: patients a batch when the source does not say (its `batch_size`)
@@ -54,13 +62,14 @@ async def read_and_evaluate(
     track.stage("evaluation", sum(1 for pid in ids if pid not in held))
     quiet = NoProgress()
     waiting = iter(batches_of(source, ids))
-    reading: deque[tuple[list[str], ResourceSpill, asyncio.Future[int]]] = deque()
+    reading: deque[tuple[list[str], GatheredFacts, asyncio.Future[int]]] = deque()
+    facts_for = building(result, mrn_system)
 
     def start() -> None:
         batch = next(waiting, None)
         if batch is None:
             return
-        spill = ResourceSpill()
+        facts = GatheredFacts(facts_for)
         mine = {pid: kept[pid] for pid in batch if pid in kept}
         read = read_cohort(
             trial,
@@ -68,41 +77,40 @@ async def read_and_evaluate(
             frozenset(batch),
             mine,
             read_already is None,
-            spill,
+            facts,
             result.stats,
             quiet,
             lambda _message: None,
         )
-        reading.append((batch, spill, asyncio.ensure_future(read)))
+        reading.append((batch, facts, asyncio.ensure_future(read)))
 
     found = 0
     try:
         for _ in range(ahead):
             start()
         while reading:
-            batch, spill, task = reading[0]
+            batch, facts, task = reading[0]
             found += await task
             reading.popleft()
-            with spill:
+            with facts:
                 start()
                 await pass_turn()  # the next batch's first requests leave before the work here
                 hold_unreadable(held, source.unreadable, frozenset(batch))
                 evaluate_cohort(
                     result,
-                    spill,
+                    facts.by_patient(),
                     batch,
                     held,
                     read_already,
                     only=only,
-                    mrn_system=mrn_system,
                     track=track,
                     staged=False,
                 )
     finally:
-        for _batch, _spill, task in reading:
+        for _batch, _facts, task in reading:
             task.cancel()
         await asyncio.gather(*(task for _, _, task in reading), return_exceptions=True)
-        for _batch, spill, _task in reading:
-            spill.close()
+        for _batch, facts, _task in reading:
+            facts.close()
     say(f"patients read: {found}")
     say(f"observations read: {result.stats['Observation']}")

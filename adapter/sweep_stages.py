@@ -1,8 +1,9 @@
 """The sweep's two stages after the cohort: read what the criteria need, then evaluate.
 
-Reading puts every resource of the cohort's patients into a `ResourceSpill` (on disk, issue 15);
-evaluating takes them back one patient at a time, builds that patient's facts and verdict, and
-lets them go, so a sweep's memory does not grow with its cohort's data.
+A folder's read puts every resource of the cohort's patients into a `ResourceSpill` (on disk,
+issue 15); evaluating takes them back one patient at a time, builds that patient's facts and
+verdict, and lets them go, so a sweep's memory does not grow with its cohort's data. A server's
+cohort is read a batch at a time (`sweep_batches`), its facts built as read (`GatheredFacts`).
 """
 
 from __future__ import annotations
@@ -10,24 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from adapter.criteria.evaluate import evaluate_patient, in_cohort
 from adapter.criteria.results import PatientVerdict
-from adapter.facts.extract import (
-    FactBuilder,
-    condition_fact,
-    patient_info,
-    procedure_fact,
-    reference_of,
-)
+from adapter.facts.extract import FactBuilder, reference_of
 from adapter.facts.identity import identity_of
-from adapter.facts.model import ConditionFact, LabValue, PatientFacts, PatientInfo, ProcedureFact
-from adapter.facts.ucum import engine
+from adapter.facts.model import ConditionFact, PatientFacts
+from adapter.facts.ucum import UcumEngine, engine
+from adapter.gathered_facts import Building, GatheredFacts, PatientGather
 from adapter.progress import Progress as Tracker
 from adapter.sources.base import Query, Resource, Source, UnreadableItem, patient_id_of
 from adapter.spill import Kind, ResourceSpill
-from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult, unusable_reason
+from adapter.sweep_result import NOT_FOUND, PatientFailure, SweepResult
 from adapter.trials import Trial
 
 log = logging.getLogger(__name__)
@@ -35,6 +31,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 #: a Condition the cohort search returned: its reference, and its JSON
 Kept = tuple[str, bytes]
+#: where a read puts the resources: a folder's on disk, a server batch's as facts at once
+Store = ResourceSpill | GatheredFacts
 
 
 async def fetch_if(needed: bool, source: Source, query: Query) -> AsyncIterator[Resource]:
@@ -50,7 +48,7 @@ async def read_cohort(
     wanted: frozenset[str],
     kept: dict[str, list[Kept]],
     read_conditions: bool,
-    spill: ResourceSpill,
+    spill: Store,
     stats: Counter[str],
     track: Tracker,
     say: Progress,
@@ -68,20 +66,25 @@ async def read_cohort(
     other: the reading is this machine's own work, spread over its cores already.
     """
     reads = trial.reads()
-    reader = _Reader(source, wanted, spill, stats, track, say)
+    # The unit engine takes 0.4 s to build on a run's first lab value: built in a thread while
+    # the reads wait on the server or the workers, not after the last of them.
+    warm = asyncio.ensure_future(asyncio.to_thread(engine)) if trial.needed_analytes() else None
+    reader = _Reader(source, wanted, spill, stats, track, say, warm)
     # Made when run: a reader never started (an earlier one failed) leaves no coroutine behind.
-    readers: list[Callable[[], Awaitable[None]]] = [reader.patients]
+    patients = reader.patients
+    observations = lambda: reader.observations(trial, reads)  # noqa: E731
+    readers: list[Callable[[], Awaitable[None]]] = []
     if read_conditions and "Condition" in reads:
         readers.append(lambda: reader.conditions(trial, kept))
     # Their stages and counts even when no criterion reads them (fetch only what is needed).
     readers.append(lambda: reader.procedures(reads))
-    observations = lambda: reader.observations(trial, reads)  # noqa: E731
-    # A server's longest search first: its pages are handled here while the server answers
-    # the short ones, instead of after every answer has come.
-    readers.insert(len(readers) if source.reads.mode == "files" else 0, observations)
-    # The unit engine takes 0.4 s to build on a run's first lab value: built in a thread while
-    # the reads wait on the server or the workers, not after the last of them.
-    warm = asyncio.ensure_future(asyncio.to_thread(engine)) if trial.needed_analytes() else None
+    if source.reads.mode == "files":
+        readers = [patients, *readers, observations]
+    else:
+        # A server's longest search first, its shortest last: the Observation pages are
+        # handled here while the server answers the others, and what is left after its last
+        # answer is a page of Patients (on a server that answers one request at a time).
+        readers = [observations, *readers, patients]
     try:
         await _read_all(readers, source, track)
     except BaseException:
@@ -127,14 +130,17 @@ class _Reader:
         self,
         source: Source,
         wanted: frozenset[str],
-        spill: ResourceSpill,
+        spill: Store,
         stats: Counter[str],
         track: Tracker,
         say: Progress,
+        warm: asyncio.Future[UcumEngine] | None,
     ) -> None:
         self.source, self.wanted, self.spill = source, wanted, spill
         self.stats, self.track, self.say = stats, track, say
         self.found = 0
+        # Facts built as read need the unit engine that `warm` builds.
+        self.warm = warm if isinstance(spill, GatheredFacts) else None
         # One type after another (a folder): each its own progress stage.
         self.staged = source.reads.mode == "files"
 
@@ -205,6 +211,9 @@ class _Reader:
             if pid not in self.wanted:
                 stats["observations_other_patients"] += 1
             elif builder.measures(res):
+                if self.warm is not None and not self.warm.done():
+                    # Not the lock in `engine()`, which would hold the event loop.
+                    await asyncio.shield(self.warm)
                 self.spill.add(pid, Kind.OBSERVATION, res)
             else:
                 stats["observations_skipped_code_not_needed"] += 1
@@ -236,36 +245,39 @@ def _builder(trial: Trial) -> FactBuilder:
     return FactBuilder(trial.analytes, trial.units, trial.needed_analytes(), trial.system_aliases)
 
 
+def building(result: SweepResult, mrn_system: str | None) -> Building:
+    """What building `result`'s facts needs (`mrn_system`: the site's MRN system)."""
+    return Building(_builder(result.trial), result, mrn_system)
+
+
 def evaluate_cohort(
     result: SweepResult,
-    spill: ResourceSpill,
+    patients: Iterator[tuple[str, PatientGather]],
     ids: list[str],
     held: dict[str, UnreadableItem],
     read_already: dict[str, list[ConditionFact]] | None,
     *,
     only: frozenset[str] | None,
-    mrn_system: str | None,
     track: Tracker,
     staged: bool = True,
 ) -> None:
-    """Build each of `ids`' facts from the spill and evaluate them, one patient at a time, in id
-    order; patients in `held` have their labs counted but are not evaluated. `staged`: the
+    """Evaluate each of `ids` from their facts (`patients`, in id order, as a spill's rows
+    through `gathered` or a batch's `GatheredFacts`), one patient at a time, in id order;
+    patients in `held` have their labs counted but are not evaluated. `staged`: the
     evaluation is a progress stage of its own (else the caller's stage counts the patients)."""
     trial, as_of = result.trial, result.as_of
-    builder = _builder(trial)
     manual = [(m.id, m.description) for m in trial.manual]
     if staged:
         track.stage("evaluation", sum(1 for pid in ids if pid not in held))
-    groups = spill.by_patient()
-    pending = next(groups, None)
+    pending = next(patients, None)
     for pid in ids:
         while pending is not None and pending[0] < pid:  # (never: every row is of `ids`)
-            pending = next(groups, None)
-        rows: list[tuple[Kind, Resource]] = []
+            pending = next(patients, None)
+        gather: PatientGather | None = None
         if pending is not None and pending[0] == pid:
-            rows, pending = pending[1], next(groups, None)
+            gather, pending = pending[1], next(patients, None)
         read = None if read_already is None else read_already.get(pid, ())
-        facts = _facts_of(rows, builder, result, mrn_system, read)
+        facts = None if gather is None else gather.facts(read)
         if pid in held:
             continue
         track.advance()
@@ -293,49 +305,6 @@ def evaluate_cohort(
             )
             continue
         _record(result, verdict, facts)
-
-
-def _facts_of(
-    rows: list[tuple[Kind, Resource]],
-    builder: FactBuilder,
-    result: SweepResult,
-    mrn_system: str | None,
-    conditions_read: Sequence[ConditionFact] | None,
-) -> PatientFacts | None:
-    """One patient's facts from the resources read (None without their Patient), and the
-    count of each Observation used or unusable (with its reason), counted either way.
-
-    The last Patient read wins, as a search's later page would. `conditions_read` are the
-    Conditions the cohort search read already, when the Conditions were not read again."""
-    aliases = result.trial.system_aliases
-    info: PatientInfo | None = None
-    labs: list[LabValue] = []
-    conditions: list[ConditionFact] = []
-    procedures: list[ProcedureFact] = []
-    for kind, res in rows:
-        if kind is Kind.PATIENT:
-            info = patient_info(res, mrn_system=mrn_system)
-        elif kind is Kind.CONDITION:
-            conditions.append(condition_fact(res, aliases))
-        elif kind is Kind.PROCEDURE:
-            procedures.append(procedure_fact(res, aliases))
-        else:
-            values = builder.observation(res)
-            problem = unusable_reason(values, result.as_of) if values else "no usable value"
-            if problem is None:
-                result.stats["observations_used"] += 1
-            else:
-                result.stats["observations_unusable"] += 1
-                result.unusable[problem] += 1
-            labs.extend(values)
-    if info is None:
-        return None
-    return PatientFacts(
-        info,
-        labs=tuple(labs),
-        conditions=tuple(conditions if conditions_read is None else conditions_read),
-        procedures=tuple(procedures),
-    )
 
 
 def _record(result: SweepResult, verdict: PatientVerdict, facts: PatientFacts) -> None:

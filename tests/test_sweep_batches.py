@@ -5,18 +5,24 @@ of reading the whole cohort first, as from a folder."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapter import sweep_batches
+from adapter import sweep_batches, sweep_stages
 from adapter.errors import IncompleteInputError
+from adapter.facts.extract import FactBuilder
+from adapter.facts.model import LabValue
+from adapter.facts.ucum import UcumEngine, engine
+from adapter.gathered_facts import Building, GatheredFacts
 from adapter.sources.base import Query, ReadNotes, Resource
 from adapter.sources.files import FolderSource
-from adapter.spill import ResourceSpill
+from adapter.spill import Kind
 from adapter.sweep import SweepResult, run_sweep
 from adapter.trials import load_trial
 
@@ -86,10 +92,10 @@ def test_a_batch_is_evaluated_before_the_next_one_is_read(
     evaluate = sweep_batches.evaluate_cohort
 
     def logged(
-        result: SweepResult, spill: ResourceSpill, ids: list[str], *a: Any, **k: Any
+        result: SweepResult, facts: Iterator[Any], ids: list[str], *a: Any, **k: Any
     ) -> None:
         source.log.append(("evaluated", frozenset(ids)))
-        evaluate(result, spill, ids, *a, **k)
+        evaluate(result, facts, ids, *a, **k)
 
     monkeypatch.setattr(sweep_batches, "evaluate_cohort", logged)
     _sweep(source)
@@ -102,13 +108,13 @@ def test_a_batch_is_evaluated_before_the_next_one_is_read(
     assert ("read Observation", batches[1]) in events[first + 1 :]
 
 
-def test_at_most_the_batches_on_their_way_wait_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_at_most_the_batches_on_their_way_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
     open_now, most = 0, 0
 
-    class Counted(ResourceSpill):
-        def __init__(self) -> None:
+    class Counted(GatheredFacts):
+        def __init__(self, building: Building) -> None:
             nonlocal open_now, most
-            super().__init__()
+            super().__init__(building)
             open_now += 1
             most = max(most, open_now)
 
@@ -117,7 +123,7 @@ def test_at_most_the_batches_on_their_way_wait_on_disk(monkeypatch: pytest.Monke
             open_now -= 1
             super().close()
 
-    monkeypatch.setattr(sweep_batches, "ResourceSpill", Counted)
+    monkeypatch.setattr(sweep_batches, "GatheredFacts", Counted)
     _sweep(BatchedServer(batch_size=2, concurrency=2))
     assert most <= 3  # the one evaluated, and two on their way
     assert open_now == 0
@@ -138,3 +144,65 @@ class FailingLater(BatchedServer):
 def test_a_later_batchs_failure_is_raised_as_itself() -> None:
     with pytest.raises(IncompleteInputError, match="Observation search failed"):
         _sweep(FailingLater(batch_size=3, concurrency=2))
+
+
+class PatientsAfterALabValue(BatchedServer):
+    """The Patient search answers only once one of its batch's lab values has been built."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__(batch_size)
+        self.built = asyncio.Event()
+
+    async def fetch(self, query: Query) -> AsyncIterator[Resource]:
+        if query.resource_type == "Patient" and query.patients is not None:
+            await self.built.wait()
+            self.built.clear()
+        async for res in super().fetch(query):
+            yield res
+
+
+def test_a_batchs_lab_values_are_built_while_its_other_searches_are_on_their_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built as read, not after the batch's last answer: that work hides behind the server's."""
+    source = PatientsAfterALabValue(batch_size=4)
+    build = FactBuilder.observation
+
+    def told(self: FactBuilder, res: Resource) -> list[LabValue]:
+        values = build(self, res)
+        source.built.set()
+        return values
+
+    monkeypatch.setattr(FactBuilder, "observation", told)
+
+    async def bounded() -> SweepResult:
+        return await asyncio.wait_for(run_sweep(load_trial(HCC), source, AS_OF), 30)
+
+    _same(asyncio.run(bounded()), _sweep(BatchedServer(batch_size=4)))
+
+
+def test_lab_values_wait_for_the_unit_engine_without_holding_the_other_searches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ready = threading.Event()
+    source = BatchedServer(batch_size=10_000)
+    built_when: list[tuple[bool, int]] = []  # (engine ready, searches ended so far)
+
+    def slow_engine() -> UcumEngine:
+        time.sleep(0.3)
+        ready.set()
+        return engine()
+
+    class Told(GatheredFacts):
+        def add(self, patient: str, kind: Kind, resource: Resource) -> None:
+            if kind is Kind.OBSERVATION:
+                built_when.append((ready.is_set(), len(source.log)))
+            super().add(patient, kind, resource)
+
+    monkeypatch.setattr(sweep_stages, "engine", slow_engine)
+    monkeypatch.setattr(sweep_batches, "GatheredFacts", Told)
+    _sweep(source)
+    assert built_when
+    assert all(is_ready for is_ready, _ in built_when)
+    # While the Observations waited, the other searches of the batch went on to their end.
+    assert built_when[0][1] >= 3

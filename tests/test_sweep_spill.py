@@ -196,14 +196,15 @@ def test_a_servers_searches_run_at_once_and_give_the_verdicts_of_one_after_anoth
     assert at_once.stats == in_turn.stats
 
 
-def test_a_servers_longest_search_is_asked_first_and_a_folders_last() -> None:
+def test_a_servers_longest_search_is_asked_first_its_shortest_last() -> None:
     """The Observation search is the long one on a server: its pages are handled here while the
-    server answers the others. A folder keeps its order of stages."""
+    server answers the others; the Patient search, one resource a patient, is left for last.
+    A folder keeps its order of stages."""
     server, folder = ServerLike(), Recording(honour_exclude=False)
     asyncio.run(run_sweep(load_trial(HCC), server, AS_OF))
     _sweep(folder)
     cohort = 1  # the cohort's Condition search comes before the reads
-    assert server.asked[cohort] == "Observation"
+    assert server.asked[cohort:] == ["Observation", "Condition", "Procedure", "Patient"]
     assert [q.resource_type for q in folder.queries[cohort:]] == [
         "Patient",
         "Condition",
