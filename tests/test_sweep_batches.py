@@ -108,6 +108,28 @@ def test_a_batch_is_evaluated_before_the_next_one_is_read(
     assert ("read Observation", batches[1]) in events[first + 1 :]
 
 
+@pytest.mark.parametrize("budget", [0, 1, 7, 40])
+def test_a_batch_past_its_budget_of_facts_in_memory_gives_the_same_verdicts(
+    budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the budget, a batch's resources wait on disk and are built at evaluation, after the
+    facts built already: some patients have facts of both."""
+    whole = _sweep(BatchedServer(batch_size=10_000))
+    spilled: list[int] = []
+
+    class Budgeted(GatheredFacts):
+        def __init__(self, building: Building) -> None:
+            super().__init__(building, budget)
+
+        def close(self) -> None:
+            spilled.append(max(0, self.added - budget))
+            super().close()
+
+    monkeypatch.setattr(sweep_batches, "GatheredFacts", Budgeted)
+    _same(_sweep(BatchedServer(batch_size=4, concurrency=2)), whole)
+    assert sum(spilled) > 0
+
+
 def test_at_most_the_batches_on_their_way_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
     open_now, most = 0, 0
 
