@@ -45,13 +45,11 @@ from adapter.bulk.store import FactStore, Key, StoreMeta, ndjson_lines, request_
 from adapter.errors import (
     HttpStatusError,
     InvalidResponseError,
-    LimitExceededError,
     StateDirError,
-    UntrustedUrlError,
 )
 from adapter.fhir.capability import ServerCapabilities
 from adapter.fhir.client import FhirClient, JsonObject
-from adapter.fhir.paging import next_link
+from adapter.fhir.paging import next_target
 from adapter.sources.base import Query, Resource, Source, patient_id_of
 from adapter.sources.searches import is_fhir_id
 from adapter.sources.unreadable import parse_line, patient_named_by
@@ -215,30 +213,9 @@ async def deleted_in_history(
         if page.get("resourceType") != "Bundle" or page.get("type") not in (None, "history"):
             raise InvalidResponseError("the _history answer is not a history Bundle", url=url)
         found.update(_deletes(page))
-        link = next_link(page, url)
-        if link is None:
+        target = next_target(client, page, url, read, limits, started, "the history")
+        if target is None:
             return found
-        target = client.resolve(link)
-        if not client.base.contains(target):
-            raise UntrustedUrlError(
-                "Bundle next link is outside the configured FHIR server", url=target
-            )
-        if target in read:
-            raise InvalidResponseError(
-                "Bundle next links loop back to a page already read", url=target
-            )
-        if limits.max_pages is not None and len(read) >= limits.max_pages:
-            raise LimitExceededError(
-                f"the history has more than {limits.max_pages:,} pages, the site's limit "
-                "(max_pages_per_search)",
-                url=target,
-            )
-        if limits.seconds is not None and client.clock() - started > limits.seconds:
-            raise LimitExceededError(
-                f"reading the history took longer than {limits.seconds:g} s, the site's limit "
-                "(search_seconds)",
-                url=target,
-            )
         read.add(target)
         url = target
         page = await client.get_json(target)

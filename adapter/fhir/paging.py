@@ -99,7 +99,7 @@ async def iter_pages(
             # With `prefetch`, the next page is asked for before this one is handed on (issue
             # 15): the server works on it while the caller handles this one.
             try:
-                target, refused = _next_target(client, page, url, read, limit, begun), None
+                target, refused = next_target(client, page, url, read, limit, begun), None
             except (UntrustedUrlError, InvalidResponseError, LimitExceededError) as exc:
                 target, refused = None, exc  # raised once this page is handed on, as before
             if target is not None:
@@ -146,16 +146,18 @@ def _retrieved(done: asyncio.Future[JsonObject]) -> None:
 _TURN_EVERY = 200
 
 
-def _next_target(
+def next_target(
     client: FhirClient,
     page: JsonObject,
     url: str,
     read: set[str],
     limit: SearchLimits,
     begun: float,
+    what: str = "the search",
 ) -> str | None:
-    """The page after `page`, checked: on the server's base, not read already, within the
-    limits; None when there is none."""
+    """The page after `page` (read from `url`), checked: on the server's base, not one of
+    `read` already, within `limit` since `begun`; None when there is none. `what` names the
+    paged answer in the limits' messages (a search, a history)."""
     link = next_link(page, url)
     if link is None:
         return None
@@ -167,23 +169,18 @@ def _next_target(
         )
     if target in read:
         raise InvalidResponseError("Bundle next links loop back to a page already read", url=target)
-    _check_limits(limit, len(read), client.clock() - begun, target)
-    return target
-
-
-def _check_limits(limits: SearchLimits, pages: int, elapsed: float, url: str) -> None:
-    """Raise when the next page would pass the page limit, or the search its time."""
-    if limits.max_pages is not None and pages >= limits.max_pages:
+    if limit.max_pages is not None and len(read) >= limit.max_pages:
         raise LimitExceededError(
-            f"the search has more than {limits.max_pages:,} pages, the site's limit "
+            f"{what} has more than {limit.max_pages:,} pages, the site's limit "
             "(max_pages_per_search)",
-            url=url,
+            url=target,
         )
-    if limits.seconds is not None and elapsed > limits.seconds:
+    if limit.seconds is not None and client.clock() - begun > limit.seconds:
         raise LimitExceededError(
-            f"the search took longer than {limits.seconds:g} s, the site's limit (search_seconds)",
-            url=url,
+            f"{what} took longer than {limit.seconds:g} s, the site's limit (search_seconds)",
+            url=target,
         )
+    return target
 
 
 def _key(resource: JsonObject) -> ResourceKey | None:
