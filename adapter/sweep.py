@@ -74,7 +74,9 @@ async def _cohort_search(
 
     The server matches exact codes only; the prefix rules are applied here on every Condition.
     A folder source returns every Condition of the export: only the code is read of each (a
-    whole fact costs ten times as much), and a fact is built for the few that match.
+    whole fact costs ten times as much), and a fact is built for the few that match. A folder's
+    read of the cohort's Conditions reads every line of its patients, the cohort's own among
+    them: nothing is kept from a folder (27 MiB of JSON at 100,000 patients).
     """
     by_patient: dict[str, list[ConditionFact]] = defaultdict(list)
     # As JSON: a parsed Condition takes five times the memory (6,000 candidates at 100k).
@@ -85,6 +87,7 @@ async def _cohort_search(
     token_codes = frozenset(t.code for t in tokens)
     # Lines a folder source passes over (parsed whole, holding none of the codes) count as read.
     passed_over = code_skipped(source, "Condition")
+    keep = source.reads.mode != "files"
     query = Query("Condition", codes=tokens, line_pattern=line_pattern(cohort, tokens))
     async for res in source.fetch(query):
         stats["cohort_conditions_read"] += 1
@@ -98,8 +101,13 @@ async def _cohort_search(
             by_patient[pid].append(condition_fact(res, aliases))
         # Only with an id: a copy without one could not be told from the Condition read's.
         if (
-            counting or (_may_be_excluded(token_codes, res) and _excluded_by(tokens, res, codes))
-        ) and isinstance(res.get("id"), str):
+            keep
+            and (
+                counting
+                or (_may_be_excluded(token_codes, res) and _excluded_by(tokens, res, codes))
+            )
+            and isinstance(res.get("id"), str)
+        ):
             kept[pid].append((reference_of(res), orjson.dumps(res)))
     stats["cohort_conditions_read"] += code_skipped(source, "Condition") - passed_over
     ids = set()

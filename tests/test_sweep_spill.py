@@ -102,9 +102,10 @@ def _statuses(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {v.patient: v.status.value for v in result.verdicts}
 
 
-def test_a_source_that_leaves_out_the_cohorts_conditions_gives_the_same_verdicts() -> None:
+def test_a_server_that_leaves_out_the_cohorts_conditions_gives_the_same_verdicts() -> None:
     plain = Recording(honour_exclude=False)
     excluding = Recording(honour_exclude=True)
+    excluding.reads = ReadNotes(mode="batch")  # a server's search honours `code:not`
     a, b = _sweep(plain), _sweep(excluding)
     assert _statuses(a) == _statuses(b)
     assert [v.criteria for v in a.verdicts] == [v.criteria for v in b.verdicts]
@@ -112,6 +113,16 @@ def test_a_source_that_leaves_out_the_cohorts_conditions_gives_the_same_verdicts
     assert second.exclude_codes == load_trial(HCC).cohort_tokens()
     # The cohort's own Conditions came once, from the cohort search.
     assert sum(excluding.conditions_given.values()) < sum(plain.conditions_given.values())
+
+
+def test_a_folder_keeps_nothing_of_the_cohort_search_and_reads_every_condition_again() -> None:
+    """A folder's read of the cohort's Conditions gives every line of its patients: keeping the
+    cohort search's Conditions would only hold memory that grows with the cohort."""
+    folder = Recording(honour_exclude=False)
+    result = _sweep(folder)
+    (second,) = [q for q in folder.queries if q.resource_type == "Condition" and q.patients]
+    assert second.exclude_codes is None
+    assert list(result.verdicts) == list(_sweep(FolderSource(DEMO)).verdicts)
 
 
 def test_the_observation_query_names_every_code_a_lab_value_can_come_from() -> None:
