@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 # PYTHONDONTWRITEBYTECODE is set (containers often set it) every start would compile the whole
 # package again, 0.13 s of an empty sweep's 0.66 s. Only modules changed since are compiled.
 bytecode: $(STAMP)
-	$(BIN)/python -m compileall -q adapter > /dev/null
+	$(BIN)/python -m compileall -q adapter
 
 demo: bytecode
 	$(BIN)/trial-adapter sweep --trial hcc-ablation-lenvatinib-pd1 --source fixtures/demo \

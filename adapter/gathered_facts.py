@@ -110,6 +110,7 @@ class GatheredFacts:
         self._patients: dict[str, PatientGather] = {}
         self._budget = BUILT_PER_BATCH if budget is None else budget
         self._spill: ResourceSpill | None = None
+        self._spilled: set[str] = set()  # the patients with a resource in `_spill`
         self.added = 0
 
     def add(self, patient: str, kind: Kind, resource: Resource) -> None:
@@ -118,6 +119,7 @@ class GatheredFacts:
             if self._spill is None:
                 self._spill = ResourceSpill()
             self._spill.add(patient, kind, resource)
+            self._spilled.add(patient)
             return
         gather = self._patients.get(patient)
         if gather is None:
@@ -130,7 +132,7 @@ class GatheredFacts:
 
     def by_patient(self) -> Iterator[tuple[str, PatientGather]]:
         """(patient id, their facts), patients in id order; each handed over once."""
-        ids = sorted(self._patients.keys() | self._spilled_ids())
+        ids = sorted(self._patients.keys() | self._spilled)
         spilled = self._spill.by_patient() if self._spill is not None else iter(())
         later = next(spilled, None)  # both in id order (see `ResourceSpill.by_patient`)
         for pid in ids:
@@ -140,9 +142,6 @@ class GatheredFacts:
                     gather.add(kind, res)
                 later = next(spilled, None)
             yield pid, gather
-
-    def _spilled_ids(self) -> set[str]:
-        return self._spill.patients() if self._spill is not None else set()
 
     def close(self) -> None:
         self._patients.clear()

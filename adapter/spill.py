@@ -77,11 +77,6 @@ class ResourceSpill:
         for patient, group in groupby(rows, key=itemgetter(0)):
             yield patient, [(Kind(kind), orjson.loads(body)) for _, kind, body in group]
 
-    def patients(self) -> set[str]:
-        """The ids of the patients with a resource here."""
-        self._flush()
-        return {row[0] for row in self._db.execute("SELECT DISTINCT patient FROM spilled")}
-
     def close(self) -> None:
         self._pending.clear()
         self._db.close()
